@@ -1,0 +1,30 @@
+# make demo : set up .venv and run the main job (HyperCloning demo on embedded data).
+# make test : set up .venv with the test extras (CPU torch + transformers) and run pytest.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/demo
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test venv clean
+
+$(VENV)/.core: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PY) -m pip install -q -e '.[test,hf]'
+	touch $@
+
+venv: $(VENV)/.core
+
+demo: $(VENV)/.core
+	$(PY) -m experiments.demo --workdir=$(WORKDIR)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) workdir

@@ -1,0 +1,238 @@
+"""Per-parameter annotations: logical axis names, fan-in axes and a role.
+
+Every parameter leaf of a hyperinit model is declared once with a `ParamSpec`.
+Sharding, HyperCloning, muP and LoGAH all read that one annotation; none of
+them keeps a table of parameter names per model family.
+
+A spec tree is a pytree with the same structure as the params whose leaves are
+`ParamSpec`s (plain frozen dataclasses, so `jax.tree.map(f, params, specs)`
+pairs them up).
+
+Inside a Flax module, a parameter is declared with::
+
+    self.param('kernel', annotated(init_fn, axes=('embed', 'mlp'), fan_in=(0,)),
+               shape, param_dtype)
+
+which stores the value in an `Annotated` box (a `flax.linen.LogicallyPartitioned`
+subclass, so Flax's own logical-sharding utilities work on it unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import struct
+
+# Roles: what the transforms need to know beyond the axes.  Most leaves have
+# no role.  'query' marks the attention query projection (scaled when the head
+# dim is widened); 'final_norm' marks the norm feeding the readout; and
+# 'tied_embedding' marks a token embedding that is also used, transposed, as
+# the readout.
+ROLES = frozenset({'', 'embedding', 'tied_embedding', 'position', 'norm',
+                   'final_norm', 'query', 'readout', 'cls_token'})
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  """Annotation of one parameter leaf.
+
+  Attributes:
+    axes: one logical axis name (or None) per array dimension, e.g.
+      ('embed', 'heads', 'head_dim') for a query kernel of shape (D, H, Dh).
+    fan_in: indices of the dimensions contracted with the layer input, e.g.
+      (0,) for a Dense kernel (in, out), (0, 1) for an attention output
+      kernel (heads, head_dim, embed), (0,) for a token embedding (vocab,
+      embed) whose input is a one-hot over the vocabulary, () for biases and
+      norm gains.
+    role: see `ROLES`.
+  """
+  axes: tuple[str | None, ...]
+  fan_in: tuple[int, ...] = ()
+  role: str = ''
+
+  def __post_init__(self):
+    object.__setattr__(self, 'axes', tuple(self.axes))
+    object.__setattr__(self, 'fan_in', tuple(int(i) for i in self.fan_in))
+    if any(i < 0 or i >= len(self.axes) for i in self.fan_in):
+      raise ValueError(f'fan_in {self.fan_in} out of range for axes {self.axes}')
+    if self.role not in ROLES:
+      raise ValueError(f'unknown role {self.role!r}; expected one of {sorted(ROLES)}')
+
+  @property
+  def rank(self) -> int:
+    return len(self.axes)
+
+  @property
+  def fan_out(self) -> tuple[int, ...]:
+    """Dimensions that are not fan-in (for a bias or gain: all of them)."""
+    return tuple(i for i in range(self.rank) if i not in self.fan_in)
+
+  def size_of(self, shape: tuple[int, ...], dims: Iterable[int]) -> int:
+    return int(math.prod(shape[i] for i in dims))
+
+  def to_json(self) -> dict[str, Any]:
+    return {'axes': list(self.axes), 'fan_in': list(self.fan_in), 'role': self.role}
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any]) -> 'ParamSpec':
+    return cls(tuple(d['axes']), tuple(d.get('fan_in', ())), d.get('role', ''))
+
+
+class Annotated(nn.LogicallyPartitioned):
+  """A Flax axis-metadata box carrying a full `ParamSpec`.
+
+  `names` (the logical axes) is inherited, so `nn.get_partition_spec` and
+  `nn.logical_to_mesh_sharding` work unchanged; `fan_in` and `role` ride along
+  and survive `nn.scan` (which inserts a 'layers' axis and shifts fan_in).
+  """
+  fan_in: tuple[int, ...] = struct.field(default=(), pytree_node=False)
+  role: str = struct.field(default='', pytree_node=False)
+
+  def add_axis(self, index, params):
+    new = super().add_axis(index, params)
+    return new.replace(fan_in=tuple(i + (i >= index) for i in self.fan_in))
+
+  def remove_axis(self, index, params):
+    new = super().remove_axis(index, params)
+    return new.replace(fan_in=tuple(i - (i > index) for i in self.fan_in))
+
+  def spec(self) -> ParamSpec:
+    return ParamSpec(tuple(self.names), self.fan_in, self.role)
+
+
+# An initializer that knows which dims are fan-in: (key, shape, dtype, fan_in).
+FanInInit = Callable[[jax.Array, tuple[int, ...], Any, tuple[int, ...]], jax.Array]
+
+
+def annotated(init_fn: FanInInit, axes: tuple[str | None, ...],
+              fan_in: tuple[int, ...] = (), role: str = ''):
+  """Wraps a fan-in-aware initializer so `Module.param` stores an `Annotated` box."""
+  spec = ParamSpec(axes, fan_in, role)  # validates early, at module definition
+
+  def init(key, shape, dtype):
+    if len(shape) != spec.rank:
+      raise ValueError(f'parameter of shape {shape} annotated with {spec.rank} axes {axes}')
+    return Annotated(init_fn(key, shape, dtype, spec.fan_in), names=spec.axes,
+                     fan_in=spec.fan_in, role=spec.role)
+
+  return init
+
+
+def _is_box(x) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def specs_from_boxed(boxed: Any) -> Any:
+  """Spec tree from a tree of boxes (e.g. `jax.eval_shape(model.init, ...)`).
+
+  `Annotated` boxes give their spec; a plain `nn.LogicallyPartitioned` box (a
+  user's model annotated for sharding only) gets the Flax Dense convention:
+  dimension 0 is fan-in for rank >= 2, none for rank 1.  Pass such models
+  through `with_fan_in` when that guess is wrong (e.g. DenseGeneral outputs).
+  """
+  def one(x):
+    if isinstance(x, Annotated):
+      return x.spec()
+    if isinstance(x, nn.LogicallyPartitioned):
+      names = tuple(x.names)
+      return ParamSpec(names, (0,) if len(names) >= 2 else ())
+    raise TypeError(f'leaf {type(x).__name__} has no axis annotation')
+  return jax.tree.map(one, boxed, is_leaf=_is_box)
+
+
+def with_fan_in(specs: Any, overrides: Mapping[str, tuple[int, ...]]) -> Any:
+  """Returns `specs` with fan_in replaced for the leaves named by path string."""
+  def one(path, s):
+    p = path_str(path)
+    return dataclasses.replace(s, fan_in=overrides[p]) if p in overrides else s
+  return jax.tree_util.tree_map_with_path(one, specs, is_leaf=is_spec)
+
+
+def unbox(tree: Any) -> Any:
+  """Plain arrays from a tree of boxes."""
+  return nn.meta.unbox(tree)
+
+
+def is_spec(x) -> bool:
+  return isinstance(x, ParamSpec)
+
+
+def path_str(path) -> str:
+  """'block_0/attn/query/kernel' from a jax key path."""
+  parts = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return '/'.join(parts)
+
+
+def flatten(tree: Any, is_leaf=None) -> dict[str, Any]:
+  """{'a/b/c': leaf} for a nested tree."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return {path_str(p): v for p, v in leaves}
+
+
+def check_tree(params: Any, specs: Any, what: str = 'params') -> None:
+  """Raises ValueError naming the first leaf whose tree or rank disagrees with the specs."""
+  flat_p = flatten(params)
+  flat_s = flatten(specs, is_leaf=is_spec)
+  missing = sorted(set(flat_s) - set(flat_p))
+  extra = sorted(set(flat_p) - set(flat_s))
+  if missing or extra:
+    raise ValueError(f'{what} do not match the annotation tree: missing leaves {missing[:5]}'
+                     f'{"..." if len(missing) > 5 else ""}, unannotated leaves {extra[:5]}'
+                     f'{"..." if len(extra) > 5 else ""}')
+  for name, s in flat_s.items():
+    shape = np.shape(flat_p[name])
+    if len(shape) != s.rank:
+      raise ValueError(f'{what} leaf {name!r} has shape {shape} (rank {len(shape)}) but is '
+                       f'annotated with {s.rank} axes {s.axes}')
+
+
+def axis_sizes(params_or_shapes: Any, specs: Any) -> dict[str, int]:
+  """Size of every named logical axis; raises if one name has two sizes."""
+  sizes: dict[str, tuple[int, str]] = {}
+  flat_p = flatten(params_or_shapes)
+  for name, s in flatten(specs, is_leaf=is_spec).items():
+    shape = np.shape(flat_p[name])
+    for ax, n in zip(s.axes, shape):
+      if ax is None:
+        continue
+      if ax in sizes and sizes[ax][0] != n:
+        raise ValueError(f'logical axis {ax!r} has size {n} in {name!r} but '
+                         f'{sizes[ax][0]} in {sizes[ax][1]!r}')
+      sizes.setdefault(ax, (int(n), name))
+  return {k: v[0] for k, v in sizes.items()}
+
+
+def count(tree: Any) -> int:
+  """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
+  return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def specs_to_json(specs: Any) -> str:
+  """Serialises a spec tree (flattened by path) so checkpoints can carry it."""
+  return json.dumps({k: v.to_json() for k, v in flatten(specs, is_leaf=is_spec).items()},
+                    indent=1, sort_keys=True)
+
+
+def specs_from_json(text: str) -> dict[str, Any]:
+  """Inverse of `specs_to_json`, as a nested dict."""
+  out: dict[str, Any] = {}
+  for path, d in json.loads(text).items():
+    node = out
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = ParamSpec.from_json(d)
+  return out
