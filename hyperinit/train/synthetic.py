@@ -1,0 +1,101 @@
+"""Synthetic, learnable datasets behind `grain.DataLoader`s (benchmarks, tests).
+
+They follow the `hyperinit.data` loader contract exactly (global batch size,
+per-process slices, checkpointable iterators), so the trainer cannot tell them
+from real data; they need no files.  Select with `config.data.dataset =
+'synthetic'`.
+
+LM records: a noisy walk through a fixed random permutation of the vocabulary
+(next = perm[current] with probability 0.9, else uniform), so the best possible
+loss is far below log(vocab) and a working trainer visibly learns.
+Image records: Gaussian noise around one fixed random template per class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import numpy as np
+
+
+class LMSource:
+  """Random-access source of {'inputs', 'targets'}: int32 [seq_len] each."""
+
+  def __init__(self, num_records: int, seq_len: int, vocab_size: int, seed: int = 0):
+    # The permutation (the "language") is the same for every split; `seed`
+    # only picks the records, so held-out splits measure generalisation.
+    self._n, self._t, self._v, self._seed = int(num_records), int(seq_len), int(vocab_size), seed
+    self._perm = np.random.default_rng(1234).permutation(self._v)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __repr__(self) -> str:  # grain validates restored iterators against repr(source)
+    return f'LMSource(num_records={self._n}, seq_len={self._t}, vocab_size={self._v}, seed={self._seed})'
+
+  def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self._seed, 2, int(idx)])
+    seq = np.empty(self._t + 1, np.int32)
+    seq[0] = rng.integers(self._v)
+    jump = rng.random(self._t) < 0.1
+    rand = rng.integers(self._v, size=self._t)
+    for i in range(self._t):
+      seq[i + 1] = rand[i] if jump[i] else self._perm[seq[i]]
+    return {'inputs': seq[:-1], 'targets': seq[1:]}
+
+
+class ImageSource:
+  """Random-access source of {'image': float32 [H, W, C], 'label': int32 []}."""
+
+  def __init__(self, num_records: int, shape: tuple[int, int, int], num_classes: int,
+               seed: int = 0):
+    self._n, self._shape, self._k, self._seed = int(num_records), tuple(shape), num_classes, seed
+    self._templates = np.random.default_rng(1234).normal(  # same classes for every split
+        size=(num_classes,) + self._shape).astype(np.float32)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __repr__(self) -> str:
+    return (f'ImageSource(num_records={self._n}, shape={self._shape}, num_classes={self._k}, '
+            f'seed={self._seed})')
+
+  def __getitem__(self, idx: int) -> dict[str, Any]:
+    rng = np.random.default_rng([self._seed, 4, int(idx)])
+    label = int(rng.integers(self._k))
+    image = self._templates[label] + rng.normal(size=self._shape).astype(np.float32)
+    return {'image': image.astype(np.float32), 'label': np.int32(label)}
+
+
+def make_loader(source: Any, batch_size: int, seed: int = 0, shuffle: bool = True,
+                num_epochs: int | None = None, shard_index: int | None = None,
+                shard_count: int | None = None, worker_count: int = 0) -> grain.DataLoader:
+  """A grain DataLoader over `source` yielding this process's slice of each global batch."""
+  import jax  # local: keep this module importable in data-loading workers without jax state
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  if batch_size % shard_count:
+    raise ValueError(f'global batch_size={batch_size} is not divisible by shard_count={shard_count}')
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[grain.transforms.Batch(batch_size // shard_count, drop_remainder=True)],
+      worker_count=worker_count)
+
+
+def lm_loader(seq_len: int, batch_size: int, vocab_size: int, seed: int = 0, split: str = 'train',
+              num_records: int = 4096, **kw) -> grain.DataLoader:
+  """Synthetic LM batches {'inputs', 'targets'}: int32 [batch_size // shard_count, seq_len]."""
+  src = LMSource(num_records, seq_len, vocab_size, seed=0 if split == 'train' else 1)
+  return make_loader(src, batch_size, seed=seed, **kw)
+
+
+def image_loader(shape: tuple[int, int, int], num_classes: int, batch_size: int, seed: int = 0,
+                 split: str = 'train', num_records: int = 4096, **kw) -> grain.DataLoader:
+  """Synthetic image batches {'image': float32 [b, H, W, C], 'label': int32 [b]}."""
+  src = ImageSource(num_records, shape, num_classes, seed=0 if split == 'train' else 1)
+  return make_loader(src, batch_size, seed=seed, **kw)
