@@ -43,6 +43,12 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete, corrupt, or does not fit the run."""
 
 
+def _short(e: BaseException) -> str:
+  """First line of an exception, without TensorStore's multi-kilobyte spec dump."""
+  text = str(e).strip().split('\n')[0].split(' See full TensorStore details')[0]
+  return f'{type(e).__name__}: {text[:400]}'
+
+
 def _is_step_dir(path: epath.Path) -> bool:
   return path.is_dir() and path.name.isdigit() and (path / 'meta').exists()
 
@@ -127,7 +133,7 @@ class Checkpointer:
       return json.loads(path.read_text())
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable metadata '
-                            f'{path} ({type(e).__name__}: {e})') from e
+                            f'{path} ({_short(e)})') from e
 
   # --- save / restore --------------------------------------------------------
 
@@ -180,7 +186,7 @@ class Checkpointer:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'could not restore checkpoint {self.directory / str(step)}: {type(e).__name__}: {e}. '
+          f'could not restore checkpoint {self.directory / str(step)}: {_short(e)}. '
           'Nothing on disk was changed; move the broken step directory away to resume from an '
           'earlier one') from e
     state = target.replace(params=out.params, opt_state=out.opt_state, step=out.train['step'],
@@ -195,7 +201,7 @@ class Checkpointer:
       handler.close()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable params '
-                            f'metadata ({type(e).__name__}: {e}). Nothing on disk was changed; '
+                            f'metadata ({_short(e)}). Nothing on disk was changed; '
                             'move the broken step directory away to resume from an earlier '
                             'one') from e
     flat_saved = spec_lib.flatten(saved, is_leaf=lambda x: hasattr(x, 'shape'))
@@ -264,7 +270,6 @@ def load_params(path: str | os.PathLike, step: int | None = None,
     params = ckpt.manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'could not read params from {root / str(step)}: '
-                          f'{type(e).__name__}: {e}') from e
+    raise CheckpointError(f'could not read params from {root / str(step)}: {_short(e)}') from e
   logging.info('loaded params of step %d from %s', step, root)
   return cfg, params
