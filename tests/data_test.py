@@ -80,6 +80,14 @@ def test_prepare_races_safely(tmp_path):
   assert data.dataset_info('digits', tmp_path).num_examples == {'train': 1437, 'validation': 360}
 
 
+def test_default_data_dir_is_tfds_data_dir(data_dir, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', data_dir)
+  assert os.fspath(data.resolve_data_dir()) == data_dir
+  assert data.dataset_info('digits').path == os.path.join(data_dir, 'digits', '1.0.0')
+  monkeypatch.delenv('TFDS_DATA_DIR')
+  assert os.fspath(data.resolve_data_dir()) == os.path.expanduser('~/tensorflow_datasets')
+
+
 def test_dataset_info(data_dir):
   info = data.dataset_info('pydoc_text', data_dir)
   assert (info.kind, info.vocab_size, info.eos_id, info['vocab_size']) == ('text', 256, 255, 256)
@@ -289,6 +297,10 @@ def test_image_state_restore_and_per_epoch_reshuffle(data_dir):
   it2 = iter(train)
   it2.set_state(state)
   assert _same(expected, [next(it2) for _ in range(3)])
+  it3 = iter(data.image_loader(batch_size=8, seed=1, data_dir=data_dir, shard_index=0,
+                               shard_count=2))
+  it3.set_state(state)  # the same step on another process count: that shard's rows
+  np.testing.assert_array_equal(next(it3)['image'], expected[0]['image'][:4])
 
 
 # ---- real tfds datasets ----------------------------------------------------------------------
