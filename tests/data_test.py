@@ -342,8 +342,28 @@ class _FakeLm1b(embedded.LocalBuilder, skip_registration=True):
       yield i, {'text': f'Sentence number {i} of a fake billion words.'}
 
 
+class _FakeImagenet(embedded.LocalBuilder, skip_registration=True):
+  """Variable-size JPEG images like imagenet2012."""
+  name = 'imagenet2012'
+  VERSION = tfds.core.Version('5.1.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'),
+        'label': tfds.features.ClassLabel(num_classes=1000)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(6), 'validation': self._generate_examples(2)}
+
+  def _generate_examples(self, n):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for i in range(n):
+      h, w = 20 + 7 * i, 40 - 3 * i
+      yield i, {'image': Image.fromarray(np.full((h, w, 3), 20 * i, np.uint8)), 'label': i}
+
+
 def test_real_dataset_names_read_when_prepared(tmp_path):
-  for cls in (_FakeCifar10, _FakeLm1b):
+  for cls in (_FakeCifar10, _FakeLm1b, _FakeImagenet):
     cls(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
   info = data.dataset_info('cifar10', tmp_path)
   assert (info.num_classes, info.image_shape, info.eval_split) == (10, (32, 32, 3), 'test')
@@ -351,6 +371,20 @@ def test_real_dataset_names_read_when_prepared(tmp_path):
   b = _take(data.image_loader('cifar10', batch_size=4, data_dir=tmp_path, shard_index=0,
                               shard_count=1), 1)[0]
   assert b['image'].shape == (4, 32, 32, 3) and b['label'].shape == (4,)
+  info = data.dataset_info('imagenet2012', tmp_path)
+  assert info.image_shape == (None, None, 3) and info.mean == data.NORM_STATS['imagenet2012'][0]
+  for train in (True, False):
+    b = _take(data.image_loader('imagenet2012', 'validation', batch_size=2, train=train,
+                                data_dir=tmp_path, image_size=16, shard_index=0,
+                                shard_count=1), 1)[0]
+    assert b['image'].shape == (2, 16, 16, 3)
+    # Constant images stay constant through crop and resize: (20 i / 255 - mean) / std.
+    mean, std = np.array(info.mean), np.array(info.std)
+    for img, label in zip(b['image'], b['label']):
+      np.testing.assert_allclose(img, np.broadcast_to((20 * label / 255 - mean) / std, img.shape),
+                                 atol=0.05)
+  with pytest.raises(ValueError, match='image_size'):
+    data.image_loader('imagenet2012', data_dir=tmp_path, shard_index=0, shard_count=1)
   lm = _take(data.lm_loader('lm1b', seq_len=16, batch_size=2, data_dir=tmp_path, shard_index=0,
                             shard_count=1), 1)[0]
   row = np.concatenate([lm['inputs'][0], lm['targets'][0, -1:]]).astype(np.uint8).tobytes()

@@ -237,7 +237,8 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike | None = None) -> epa
             raise
       path = sources.find_prepared(full, data_dir)
       if path is None:
-        raise RuntimeError(f'preparing {name!r} in {os.fspath(data_dir)!r} left no dataset_info.json')
+        raise RuntimeError(f'preparing {name!r} in {os.fspath(data_dir)!r} left no '
+                           'dataset_info.json')
   return path
 
 

@@ -67,7 +67,8 @@ def _pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _measured_stats(path: str, split: str, image_key: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _measured_stats(path: str, split: str,
+                    image_key: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
   builder = tfds.builder_from_directory(path)
   source = builder.as_data_source(split=split)
   n = len(source)
@@ -264,12 +265,16 @@ def image_loader(dataset: str = 'digits', split: str = 'train', batch_size: int 
   if variable and image_size is None:
     raise ValueError(f'{dataset!r} has images of varying size {shape}; pass image_size=')
   channels = shape[-1]
+  dtype = np.dtype(builder.info.features[image_feature].np_dtype)
+  if dtype != np.uint8:
+    raise ValueError(f'{dataset!r} stores {dtype} images; the image loader expects uint8 pixels')
   name = sources.dataset_base_name(builder)
   mean, std = norm_stats(builder, image_feature)
   if len(mean) == 1 and channels != 1:
     mean, std = mean * channels, std * channels
   if len(mean) != channels:
-    raise ValueError(f'normalisation stats of {name!r} have {len(mean)} channels, images {channels}')
+    raise ValueError(f'normalisation stats of {name!r} have {len(mean)} channels, the images '
+                     f'{channels}')
   shuffle = train if shuffle is None else shuffle
   augment = train if augment is None else augment
   pad = 0 if variable else max(1, (image_size or shape[0]) // 8)

@@ -35,7 +35,8 @@ def resolve_shard(batch_size: int, shard_index: int | None,
 
 def check_epochs(num_epochs: int | None) -> None:
   if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
-    raise ValueError(f'num_epochs must be None (repeat forever) or a positive int, got {num_epochs!r}')
+    raise ValueError(f'num_epochs must be None (repeat forever) or a positive int, '
+                     f'got {num_epochs!r}')
 
 
 def multiprocess(ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:

@@ -18,11 +18,13 @@ EMBEDDED = ('pydoc_text', 'digits')
 
 # How to get a real dataset into a data dir, beyond the generic `tfds build` line.
 _PREPARE_NOTES = {
-    'imagenet2012': 'imagenet2012 needs ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar placed by '
-                    'hand in <data_dir>/downloads/manual/ before `tfds build`.',
+    'imagenet2012': 'imagenet2012 needs ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+                    'placed by hand in <data_dir>/downloads/manual/ before `tfds build`.',
     'wiki40b': 'wiki40b is built with Apache Beam: pip install apache-beam, then add '
-               '--beam_pipeline_options="runner=DirectRunner" (or a Dataflow runner) to `tfds build`.',
-    'c4': 'c4 is built with Apache Beam from Common Crawl (very large); copy a prepared directory instead.',
+               '--beam_pipeline_options="runner=DirectRunner" (or a Dataflow runner) to '
+               '`tfds build`.',
+    'c4': 'c4 is built with Apache Beam from Common Crawl (very large); copy a prepared '
+          'directory instead.',
 }
 
 
@@ -88,8 +90,9 @@ def _missing_message(name: str, data_dir: epath.Path) -> str:
   note = _PREPARE_NOTES.get(base.split('/')[0])
   if note:
     lines.append(f'  note: {note}')
-  lines.append('Pick the data dir with data_dir=... or $TFDS_DATA_DIR. Embedded datasets that need no '
-               f'download: {", ".join(EMBEDDED)}. Present in this data dir: {present or "nothing"}.')
+  lines.append('Pick the data dir with data_dir=... or $TFDS_DATA_DIR. Embedded datasets that '
+               f'need no download: {", ".join(EMBEDDED)}. Present in this data dir: '
+               f'{present or "nothing"}.')
   return '\n'.join(lines)
 
 
@@ -106,7 +109,8 @@ def open_builder(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     ValueError: prepared, but in a file format without random access (e.g. tfrecord).
   """
   path_like = os.fspath(name)
-  if ('/' in path_like or os.sep in path_like) and epath.Path(path_like, 'dataset_info.json').exists():
+  is_path = '/' in path_like or os.sep in path_like
+  if is_path and epath.Path(path_like, 'dataset_info.json').exists():
     path = epath.Path(path_like)
   else:
     root = resolve_data_dir(data_dir)
@@ -124,8 +128,9 @@ def open_builder(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     raise ValueError(
         f'dataset {path_like!r} at {os.fspath(path)!r} is stored as {formats}; hyperinit reads '
         'array_record (tfds.data_source, no TensorFlow). On a machine with TensorFlow convert it: '
-        f'tfds convert_format --dataset_version_dir={os.fspath(path)} --out_file_format=array_record '
-        f'or rebuild it: tfds build {builder.info.full_name.rsplit("/", 1)[0]} --file_format=array_record')
+        f'tfds convert_format --dataset_version_dir={os.fspath(path)} '
+        '--out_file_format=array_record or rebuild it: '
+        f'tfds build {builder.info.full_name.rsplit("/", 1)[0]} --file_format=array_record')
   return builder
 
 

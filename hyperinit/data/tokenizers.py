@@ -55,7 +55,8 @@ class ByteTokenizer:
     """int [n] -> the documents between separators (a trailing separator ends the last one)."""
     data = np.asarray(ids, np.int64)
     if data.size and (data.min() < 0 or data.max() > 255):
-      raise ValueError(f'byte token ids must be in [0, 255], got range [{data.min()}, {data.max()}]')
+      raise ValueError(f'byte token ids must be in [0, 255], got range '
+                       f'[{data.min()}, {data.max()}]')
     docs = data.astype(np.uint8).tobytes().split(bytes([self.eos_id]))
     if len(docs) > 1 and not docs[-1]:
       docs.pop()
@@ -108,7 +109,8 @@ class HFTokenizer:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    return self._tok.decode(ids, skip_special_tokens=False)
 
   def __repr__(self) -> str:
     return f'HFTokenizer({self.path!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r})'
