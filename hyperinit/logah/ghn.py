@@ -250,7 +250,7 @@ def _set(tree: dict, path: str, value) -> None:
 
 
 def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
-                  grouped: bool = False) -> dict:
+                  grouped: bool | None = None) -> dict:
   """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
 
   grouped=False decodes leaf by leaf, each with its own jitted call (streaming:
@@ -258,10 +258,17 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
   that share a shape and kind (e.g. every layer's query kernel) in one batched
   call and slices the result: far fewer ops to trace and compile inside a
   jitted training step, at the price of one group's bytes held twice.
+  None (default): grouped when traced (under jit / grad / eval_shape), streamed
+  when called eagerly.
   """
   out: dict = {}
   plans = leaf_plans(cfg, target)
+  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(codes))
+  if grouped is None:
+    grouped = traced
   if not grouped:
+    if not traced:  # slice the (small) per-node codes on the host, not op by op
+      codes = jax.device_get(codes)
     for plan in plans:
       idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
       node = jax.tree.map(lambda c: c[idx], codes)

@@ -48,9 +48,10 @@ class MetaConfig:
 
 
 def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
+  base = optax.warmup_cosine_decay_schedule(
       0.0, mc.lr, mc.warmup_steps, max(mc.total_steps, mc.warmup_steps + 1),
       end_value=mc.lr * mc.end_lr_frac)
+  schedule = lambda count: base(count + 1)  # the first step already has lr = peak / warmup
   return optax.chain(optax.clip_by_global_norm(mc.clip),
                      optax.adamw(schedule, weight_decay=mc.weight_decay))
 
@@ -92,10 +93,9 @@ def meta_loss(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Arra
   codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
   totals, tasks, accs = [], [], []
   for i, target in enumerate(targets):
-    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target,
-                                      grouped=True)
+    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
     loss, acc = task_loss(target, predicted, batch)
-    totals.append(loss + l2 * optax.global_norm(predicted))
+    totals.append(loss + l2 * optax.tree.norm(predicted))
     tasks.append(loss)
     accs.append(acc)
   tasks = jnp.stack(tasks)
@@ -119,7 +119,7 @@ def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str,
   params = optax.apply_updates(state['params'], updates)
   d = meta_cfg.ema
   ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state['ema'], params)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   new = {'step': state['step'] + 1, 'params': params, 'ema': ema, 'opt_state': opt_state}
   return new, metrics
 
