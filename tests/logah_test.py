@@ -218,6 +218,10 @@ def test_predicted_kernels_have_rank_at_most_r(small_params):
       assert np.sum(sv > 1e-5 * sv[0]) <= SMALL.rank, path
       checked += 1
   assert checked == 1 + 1 + 2 * 6
+  # Traced (jit), predict decodes leaves in shape groups; eagerly, leaf by leaf: same numbers.
+  grouped = jax.jit(lambda p: ghn_lib.predict(SMALL, p, target))(small_params)
+  for a, b in zip(jax.tree.leaves(grouped), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_tiled_decoder_repeats_its_chunk():
@@ -356,3 +360,23 @@ def test_meta_step_reaches_every_ghn_parameter_and_learns():
   # barely moves: random tokens and 0.02-std weights keep its logits near uniform.
   assert float(m['task_losses'][1]) < float(m0['task_losses'][1]) - 0.15
   assert float(m['task_loss']) < float(m0['task_loss'])
+
+
+# --- saving --------------------------------------------------------------------------
+
+def test_save_and_load_round_trip(small_params, tmp_path):
+  from hyperinit.logah import saving  # pylint: disable=g-import-not-at-top
+  saving.save_ghn(str(tmp_path / 'ghn'), SMALL, small_params)
+  cfg, params = saving.load_ghn(str(tmp_path / 'ghn'))
+  assert cfg == SMALL
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(small_params)):
+    np.testing.assert_array_equal(a, b)
+  target = models.get_config('gpt2-tiny')
+  predicted = ghn_lib.predict(cfg, params, target)
+  saving.save_predicted(str(tmp_path / 'pred'), target, predicted)
+  back_cfg, back = saving.load_predicted(str(tmp_path / 'pred'))
+  assert back_cfg == target
+  np.testing.assert_array_equal(back['block_1']['mlp']['wo']['kernel'],
+                                predicted['block_1']['mlp']['wo']['kernel'])
+  with pytest.raises(FileNotFoundError, match='not a saved GHN'):
+    saving.load_ghn(str(tmp_path))
