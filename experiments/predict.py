@@ -9,7 +9,7 @@ Without --ghn_dir an untrained GHN (seed --seed) is used: useful only for smoke 
 from absl import app, flags, logging
 import jax
 
-from hyperinit import models
+from hyperinit import interop, models
 from hyperinit.logah import ghn as ghn_lib, saving
 
 _TARGET = flags.DEFINE_string('target', None, 'model preset name, e.g. gpt2-large', required=True)
@@ -17,7 +17,7 @@ _GHN_DIR = flags.DEFINE_string('ghn_dir', None, 'a GHN saved by hyperinit.logah.
 _SEED = flags.DEFINE_integer('seed', 0, 'GHN init seed when --ghn_dir is not given')
 _OUT = flags.DEFINE_string('out', None, 'output directory', required=True)
 _FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'hf'], 'orbax params + meta, or a '
-                            'Hugging Face directory (GPT-2 family; needs hyperinit.interop)')
+                            'Hugging Face directory (any exportable family, e.g. GPT-2)')
 
 
 def main(argv):
@@ -31,11 +31,7 @@ def main(argv):
     params = ghn_lib.init(cfg, jax.random.key(_SEED.value))
   predicted = ghn_lib.predict(cfg, params, target)
   if _FORMAT.value == 'hf':
-    try:
-      from hyperinit.interop import save_hf  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise SystemExit(f'--format=hf needs hyperinit.interop (not installed here): {e}')
-    save_hf(_OUT.value, predicted, target)
+    interop.save_hf(_OUT.value, target, predicted)
   else:
     saving.save_predicted(_OUT.value, target, predicted)
   logging.info('wrote %s params of %s to %s', models.count_params(target), _TARGET.value, _OUT.value)

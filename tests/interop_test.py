@@ -489,3 +489,10 @@ def test_parse_size():
   assert interop.parse_size(1234) == 1234
   with pytest.raises(ValueError, match='max_shard_size'):
     interop.parse_size('lots')
+
+
+def test_small_vocab_export_has_no_out_of_range_special_tokens():
+  cfg = models.get_config('gpt2-tiny')
+  d = interop.hf_config(cfg)
+  assert d['bos_token_id'] is None and d['eos_token_id'] is None
+  assert 'bos_token_id' not in interop.hf_config(models.get_config('gpt2', num_layers=1))

@@ -62,6 +62,17 @@ def check_exportable(cfg: ModelConfig, family: str | None = None) -> Family:
   return fam
 
 
+# transformers' default special-token ids per model_type; a small vocabulary (our byte-level
+# models) cannot hold them, so they are written as null rather than left to the class default.
+_DEFAULT_TOKEN_IDS = {
+    'gpt2': {'bos_token_id': 50256, 'eos_token_id': 50256},
+    'opt': {'bos_token_id': 2, 'eos_token_id': 2, 'pad_token_id': 1},
+    'gpt_neox': {'bos_token_id': 0, 'eos_token_id': 2},
+    'llama': {'bos_token_id': 1, 'eos_token_id': 2},
+    'olmo': {'eos_token_id': 50279, 'pad_token_id': 1},
+}
+
+
 def hf_config(cfg: ModelConfig, family: str | None = None, dtype: str | None = None,
               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The config.json dict transformers 5 reads for this config (after `check_exportable`)."""
@@ -70,6 +81,9 @@ def hf_config(cfg: ModelConfig, family: str | None = None, dtype: str | None = N
            dtype=_dtype_name(dtype or cfg.param_dtype), **fam.to_hf(cfg))
   if not isinstance(cfg, ViTConfig):
     d['tie_word_embeddings'] = bool(cfg.tie_embeddings)
+    for key, default in _DEFAULT_TOKEN_IDS.get(fam.model_type, {}).items():
+      if default >= cfg.vocab_size:
+        d[key] = None
   d.update(extra or {})
   return dict(sorted(d.items()))
 
