@@ -1,0 +1,15 @@
+"""LoGAH: a graph hypernetwork (jraph + Flax) that predicts ViT and GPT parameters.
+
+    from hyperinit.logah import GHNConfig, init, predict
+    cfg = GHNConfig()                                   # LoGAH: hidden 64, r 32, K 32768
+    params = predict(cfg, init(cfg, jax.random.key(0)), models.get_config('gpt2-large'))
+
+Modules: graph (computational graphs), batching (jraph buckets), encoder
+(Graphormer), decoders (low-rank / tiled / normalisation), ghn (the module and
+predict), samplers (architecture pools), meta (meta-training step), saving.
+"""
+
+from hyperinit.logah.ghn import GHNConfig, count_params, init, predict
+from hyperinit.logah.graph import Graph, build_graph
+
+__all__ = ['GHNConfig', 'Graph', 'build_graph', 'count_params', 'init', 'predict']

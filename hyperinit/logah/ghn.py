@@ -1,0 +1,304 @@
+"""The graph hypernetwork: encoder + decoder, and `predict` (GHN params -> target params).
+
+    ghn_cfg = GHNConfig()                          # LoGAH, hidden 64, r 32, K 32768
+    ghn_params = init(ghn_cfg, jax.random.key(0))
+    params = predict(ghn_cfg, ghn_params, models.get_config('gpt2-large'))
+    logits = models.build(cfg).apply({'params': params}, tokens)
+
+`predict` is differentiable in `ghn_params` (it is built from jitted pure
+functions, which inline under an outer `jax.jit` / `jax.grad`).  Called
+eagerly it streams: the encoder runs once, then every leaf (or every scanned
+leaf, all layers at once) is decoded by its own jitted call and written into
+the output tree, so the peak memory is the target's bytes plus one leaf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from hyperinit import models
+from hyperinit import spec as spec_lib
+from hyperinit.logah import batching, decoders
+from hyperinit.logah.encoder import GraphEncoder
+from hyperinit.logah.graph import Graph, build_graph, slice_spec
+from hyperinit.models.config import ModelConfig, ViTConfig
+
+DECODERS = ('logah', 'ghn3')
+
+
+@dataclasses.dataclass(frozen=True)
+class GHNConfig:
+  """Hypernetwork hyper-parameters (frozen: usable as a jit static)."""
+  decoder: str = 'logah'      # 'logah' (low-rank) | 'ghn3' (tiled chunks)
+  hidden: int = 64            # node embedding width
+  layers: int = 3             # Graphormer layers
+  heads: int = 8              # Graphormer attention heads
+  mlp_ratio: int = 4          # Graphormer MLP width / hidden
+  rank: int = 32              # LoGAH rank r
+  max_dim: int = 32768        # LoGAH K: widest dimension predicted without wrap-around
+  chunk: int = 64             # GHN-3 chunk size c (weights are tiled c x c blocks)
+  max_spd: int = 64           # shortest-path distances are clipped here
+  max_degree: int = 16        # in/out degrees are clipped here
+  normalize: str = 'auto'     # 'auto' (fan_in for ViT, std for LMs) | 'fan_in' | 'std' | 'none'
+  beta: float = 1.0           # fan-in scaling gain
+  std: float | None = None    # target std of LM kernels / embeddings; None: the target's init_std
+
+  def __post_init__(self):
+    if self.decoder not in DECODERS:
+      raise ValueError(f'GHN decoder {self.decoder!r} is not one of {DECODERS}')
+    if self.normalize not in ('auto',) + decoders.NORM_MODES:
+      raise ValueError(f'GHN normalize={self.normalize!r}; expected auto, fan_in, std or none')
+    if self.hidden % self.heads:
+      raise ValueError(f'GHN hidden={self.hidden} is not divisible by heads={self.heads}')
+
+  def replace(self, **kw) -> 'GHNConfig':
+    return dataclasses.replace(self, **kw)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'GHNConfig':
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f'unknown GHNConfig fields {unknown}')
+    return cls(**d)
+
+
+class GHN(nn.Module):
+  """Graph encoder + parameter decoder."""
+  cfg: GHNConfig
+
+  def setup(self):
+    c = self.cfg
+    self.encoder = GraphEncoder(c.hidden, c.layers, c.heads, c.mlp_ratio, c.max_spd, c.max_degree)
+    if c.decoder == 'logah':
+      self.decoder = decoders.LowRankDecoder(c.hidden, c.rank, c.max_dim)
+    else:
+      self.decoder = decoders.TiledDecoder(c.hidden, c.chunk)
+
+  def encode(self, graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """Padded batch -> node embeddings [G, M, hidden], mask [G, M]."""
+    return self.encoder(graphs)
+
+  def codes(self, graphs: jraph.GraphsTuple) -> dict[str, jax.Array]:
+    """Padded batch -> per-node decoder codes, each [G, M, ...] (graph i is row i)."""
+    x, _ = self.encode(graphs)
+    return self.decoder.codes(x)
+
+  def matrix(self, codes: dict, c_in: int, c_out: int) -> jax.Array:
+    return self.decoder.matrix(codes, c_in, c_out)
+
+  def vector(self, codes: dict, kind: int, n: int) -> jax.Array:
+    return self.decoder.vector(codes, kind, n)
+
+  def __call__(self, graphs: jraph.GraphsTuple):
+    x, _ = self.encode(graphs)
+    return self.decoder(x[0, 0])
+
+
+def _dummy_batch() -> jraph.GraphsTuple:
+  from hyperinit.models import get_config  # pylint: disable=g-import-not-at-top
+  return batching.batch_graphs([build_graph(get_config('gpt2-tiny'))])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: GHNConfig, rng: jax.Array, graphs: jraph.GraphsTuple) -> dict:
+  return GHN(cfg).init(rng, graphs)['params']
+
+
+def init(cfg: GHNConfig, rng: jax.Array) -> dict:
+  """Fresh GHN params (the 'params' collection, a plain nested dict); jitted per config."""
+  return _init(cfg, rng, _dummy_batch())
+
+
+def param_shapes(cfg: GHNConfig) -> dict:
+  """GHN param tree of ShapeDtypeStructs (no allocation)."""
+  return jax.eval_shape(lambda k: GHN(cfg).init(k, _dummy_batch())['params'], jax.random.key(0))
+
+
+def count_params(cfg: GHNConfig) -> int:
+  return spec_lib.count(param_shapes(cfg))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(cfg: GHNConfig, params: dict, graphs: jraph.GraphsTuple) -> jax.Array:
+  """Node embeddings [G, M, hidden] of a padded batch (row i = graph i)."""
+  return GHN(cfg).apply({'params': params}, graphs, method=GHN.encode)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def node_codes(cfg: GHNConfig, params: dict, graphs: jraph.GraphsTuple) -> dict[str, jax.Array]:
+  """Per-node decoder codes {name: [G, M, ...]} of a padded batch (encoder + decoder MLPs)."""
+  return GHN(cfg).apply({'params': params}, graphs, method=GHN.codes)
+
+
+# --- per-leaf decoding ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LeafDecode:
+  """Everything static about decoding one leaf (or one layer of a scanned leaf)."""
+  shape: tuple[int, ...]      # the leaf's (per-layer) shape
+  fan_in: tuple[int, ...]     # its fan-in dims (empty for vectors)
+  kind: str                   # decoders.MATRIX_KINDS + decoders.VECTOR_KINDS
+  mode: str                   # normalisation mode
+  std: float
+  beta: float
+  dtype: str
+
+  @property
+  def c_in(self) -> int:
+    return math.prod(self.shape[i] for i in self.fan_in)
+
+  @property
+  def c_out(self) -> int:
+    return math.prod(self.shape) // self.c_in
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+  path: str
+  nodes: tuple[int, ...]      # owning node per layer (one entry unless scanned)
+  scanned: bool
+  decode: LeafDecode
+
+
+def leaf_kind(path: str, s: spec_lib.ParamSpec) -> str:
+  """Decoder kind from the annotation (Flax's 'scale'/'bias' leaf names split gains from biases)."""
+  if s.fan_in:
+    return 'embed' if s.role in ('embedding', 'tied_embedding', 'position') else 'matrix'
+  if s.role == 'cls_token':
+    return 'vector'
+  if path.endswith('scale'):
+    return 'gain'
+  if path.endswith('bias'):
+    return 'bias'
+  return 'vector'
+
+
+def norm_mode(ghn_cfg: GHNConfig, target: ModelConfig) -> str:
+  if ghn_cfg.normalize != 'auto':
+    return ghn_cfg.normalize
+  return 'fan_in' if isinstance(target, ViTConfig) else 'std'
+
+
+@functools.lru_cache(maxsize=256)
+def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
+  """How to decode every leaf of `target` (in params-tree flatten order)."""
+  graph = build_graph(target)
+  owner = graph.leaf_to_node()
+  specs = spec_lib.flatten(models.param_specs(target), is_leaf=spec_lib.is_spec)
+  shapes = spec_lib.flatten(models.param_shapes(target))
+  mode = norm_mode(ghn_cfg, target)
+  std = target.init_std if ghn_cfg.std is None else ghn_cfg.std
+  plans = []
+  for path, s in specs.items():
+    shape, dtype = tuple(shapes[path].shape), str(shapes[path].dtype)
+    scanned = bool(s.axes) and s.axes[0] == 'layers'
+    if scanned:
+      nodes = tuple(owner[(path, i)] for i in range(shape[0]))
+      s, shape = slice_spec(s), shape[1:]
+    else:
+      if (path, None) not in owner:
+        raise ValueError(f'leaf {path!r} of {type(target).__name__} has no node in its graph')
+      nodes = (owner[(path, None)],)
+    kind = leaf_kind(path, s)
+    plans.append(LeafPlan(path, nodes, scanned,
+                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype)))
+  return tuple(plans)
+
+
+def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax.Array:
+  """One node's codes (or L nodes' codes, leading dim L) -> the normalised leaf [(L,) *d.shape]."""
+  ghn = GHN(cfg)
+  if d.kind in decoders.MATRIX_KINDS:
+    w = ghn.apply({'params': params}, codes, d.c_in, d.c_out, method=GHN.matrix)
+    lead = w.shape[:-2]
+    w = decoders.normalize(w, d.kind, d.mode, d.c_in, d.std, d.beta)
+    fan_out = tuple(i for i in range(len(d.shape)) if i not in d.fan_in)
+    w = w.reshape(lead + tuple(d.shape[i] for i in d.fan_in + fan_out))
+    # Fan-in dims were flattened first; move every dim back to its place.
+    perm = np.argsort(d.fan_in + fan_out)
+    w = jnp.transpose(w, tuple(range(len(lead))) + tuple(len(lead) + int(p) for p in perm))
+  else:
+    kind = decoders.VECTOR_KINDS.index(d.kind)
+    w = ghn.apply({'params': params}, codes, kind, math.prod(d.shape), method=GHN.vector)
+    lead = w.shape[:-1]
+    w = decoders.normalize(w, d.kind, d.mode, 1, d.std, d.beta).reshape(lead + d.shape)
+  return w.astype(d.dtype)
+
+
+_decode_leaf_jit = jax.jit(decode_leaf, static_argnums=(0, 3))
+
+
+def _set(tree: dict, path: str, value) -> None:
+  *parents, leaf = path.split('/')
+  for p in parents:
+    tree = tree.setdefault(p, {})
+  tree[leaf] = value
+
+
+def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
+                  grouped: bool | None = None) -> dict:
+  """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
+
+  grouped=False decodes leaf by leaf, each with its own jitted call (streaming:
+  peak memory = the output tree + one leaf).  grouped=True decodes all leaves
+  that share a shape and kind (e.g. every layer's query kernel) in one batched
+  call and slices the result: far fewer ops to trace and compile inside a
+  jitted training step, at the price of one group's bytes held twice.
+  None (default): grouped when traced (under jit / grad / eval_shape), streamed
+  when called eagerly.
+  """
+  out: dict = {}
+  plans = leaf_plans(cfg, target)
+  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(codes))
+  if grouped is None:
+    grouped = traced
+  if not grouped:
+    if not traced:  # slice the (small) per-node codes on the host, not op by op
+      codes = jax.device_get(codes)
+    for plan in plans:
+      idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
+      node = jax.tree.map(lambda c: c[idx], codes)
+      _set(out, plan.path, _decode_leaf_jit(cfg, params, node, plan.decode))
+    return out
+  groups: dict[LeafDecode, list[LeafPlan]] = {}
+  for plan in plans:
+    groups.setdefault(plan.decode, []).append(plan)
+  for d, members in groups.items():
+    idx = np.concatenate([np.asarray(p.nodes) for p in members])
+    stacked = decode_leaf(cfg, params, jax.tree.map(lambda c: c[idx], codes), d)
+    start = 0
+    for p in members:
+      n = len(p.nodes)
+      _set(out, p.path, stacked[start:start + n] if p.scanned else stacked[start])
+      start += n
+  return out
+
+
+def predict(cfg: GHNConfig, params: dict, target: ModelConfig, graph: Graph | None = None) -> dict:
+  """GHN params -> params of `target` (exactly `models.param_shapes(target)`'s tree).
+
+  Args:
+    cfg: the GHN's config.
+    params: the GHN's params.
+    target: any model config of the zoo (ViT or decoder LM, scanned or not).
+    graph: its graph, if already built (`build_graph(target)` is cached anyway).
+  Returns:
+    a plain nested dict of arrays usable as `model.apply({'params': params}, x)`.
+  """
+  graph = graph or build_graph(target)
+  codes = node_codes(cfg, params, batching.batch_graphs([graph]))
+  return decode_params(cfg, params, jax.tree.map(lambda c: c[0], codes), target)

@@ -1,0 +1,133 @@
+"""Meta-training of the GHN: predict a meta-batch of targets' params, run them, backprop.
+
+    mcfg = MetaConfig(total_steps=1000)
+    state = init_state(ghn_cfg, mcfg, jax.random.key(0))
+    group = groups[i]                                   # a fixed tuple of target configs
+    graphs = batch_for(group)                           # padded jraph batch (numpy)
+    state, metrics = meta_step(state, graphs, data, ghn_cfg=ghn_cfg, meta_cfg=mcfg, targets=group)
+
+`meta_step` is pure and jitted with the GHN config, the meta config and the
+target group static, so it compiles once per group (see `samplers.meta_batches`).
+The data batch is a dict: 'image' [B, H, W, C] float + 'label' [B] int for
+ViTs, 'tokens' [B, T + 1] int for language models (inputs tokens[:, :-1],
+targets tokens[:, 1:]); a group may mix both kinds.
+
+Recipe (METHODS.md §3): loss = mean over targets of (task loss + l2 * ||predicted
+params||_2); AdamW with grad clipping at 5, linear warm-up then cosine decay; an
+EMA (0.999) of the GHN params is kept for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import jraph
+import optax
+
+from hyperinit import models
+from hyperinit.logah import batching, ghn as ghn_lib
+from hyperinit.logah.graph import build_graph
+from hyperinit.models.config import ModelConfig, ViTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  """Meta-training hyper-parameters (frozen: a jit static)."""
+  lr: float = 4e-4              # peak learning rate
+  weight_decay: float = 1e-2    # AdamW decoupled weight decay on GHN params
+  warmup_steps: int = 100       # linear warm-up from 0
+  total_steps: int = 10_000     # cosine decay to end_lr_frac * lr at this step
+  end_lr_frac: float = 0.01
+  clip: float = 5.0             # global-norm gradient clipping
+  ema: float = 0.999            # EMA decay of the GHN params (0 disables)
+  l2: float = 3e-5              # weight of the global L2 norm of predicted params
+
+
+def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
+  base = optax.warmup_cosine_decay_schedule(
+      0.0, mc.lr, mc.warmup_steps, max(mc.total_steps, mc.warmup_steps + 1),
+      end_value=mc.lr * mc.end_lr_frac)
+  schedule = lambda count: base(count + 1)  # the first step already has lr = peak / warmup
+  return optax.chain(optax.clip_by_global_norm(mc.clip),
+                     optax.adamw(schedule, weight_decay=mc.weight_decay))
+
+
+def init_state(ghn_cfg: ghn_lib.GHNConfig, mc: MetaConfig, rng: jax.Array) -> dict[str, Any]:
+  """{'step', 'params', 'ema', 'opt_state'}: a plain pytree (checkpointable as is)."""
+  params = ghn_lib.init(ghn_cfg, rng)
+  return {'step': jnp.zeros((), jnp.int32), 'params': params,
+          'ema': jax.tree.map(jnp.copy, params), 'opt_state': make_optimizer(mc).init(params)}
+
+
+def batch_for(targets: Sequence[ModelConfig], num_graphs: int | None = None) -> jraph.GraphsTuple:
+  """Padded graph batch of a target group (graph i is target i)."""
+  graphs = [build_graph(t) for t in targets]
+  return batching.batch_graphs(graphs, batching.bucket_for(graphs, num_graphs))
+
+
+def task_loss(target: ModelConfig, params: dict, batch: dict[str, jax.Array]):
+  """(mean cross-entropy, accuracy) of `target` with `params` on its part of `batch`."""
+  module = models.build(target)
+  if isinstance(target, ViTConfig):
+    if 'image' not in batch:
+      raise ValueError('a ViT target needs batch["image"] [B, H, W, C] and batch["label"] [B]')
+    logits = module.apply({'params': params}, batch['image'])
+    labels = batch['label']
+  else:
+    if 'tokens' not in batch:
+      raise ValueError('a language-model target needs batch["tokens"] [B, T + 1]')
+    logits = module.apply({'params': params}, batch['tokens'][:, :-1])
+    labels = batch['tokens'][:, 1:]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  acc = (jnp.argmax(logits, -1) == labels).mean()
+  return loss, acc
+
+
+def meta_loss(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
+              ghn_cfg: ghn_lib.GHNConfig, targets: tuple[ModelConfig, ...], l2: float):
+  """Mean over targets of task loss + l2 * ||predicted params||; returns (loss, metrics)."""
+  codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
+  totals, tasks, accs = [], [], []
+  for i, target in enumerate(targets):
+    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
+    loss, acc = task_loss(target, predicted, batch)
+    totals.append(loss + l2 * optax.tree.norm(predicted))
+    tasks.append(loss)
+    accs.append(acc)
+  tasks = jnp.stack(tasks)
+  return jnp.stack(totals).mean(), {'task_loss': tasks.mean(), 'task_losses': tasks,
+                                    'accuracy': jnp.stack(accs).mean()}
+
+
+@functools.partial(jax.jit, static_argnames=('ghn_cfg', 'meta_cfg', 'targets'), donate_argnums=0)
+def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
+              ghn_cfg: ghn_lib.GHNConfig, meta_cfg: MetaConfig,
+              targets: tuple[ModelConfig, ...]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """One meta-training step on a target group; returns (new state, metrics)."""
+  if len(targets) > graphs.n_node.shape[0] - 1:
+    raise ValueError(f'{len(targets)} targets but the graph batch holds '
+                     f'{graphs.n_node.shape[0] - 1} graphs')
+  grad_fn = jax.value_and_grad(meta_loss, has_aux=True)
+  (loss, metrics), grads = grad_fn(state['params'], graphs, batch, ghn_cfg=ghn_cfg,
+                                   targets=targets, l2=meta_cfg.l2)
+  tx = make_optimizer(meta_cfg)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  d = meta_cfg.ema
+  ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state['ema'], params)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+  new = {'step': state['step'] + 1, 'params': params, 'ema': ema, 'opt_state': opt_state}
+  return new, metrics
+
+
+_grad_fn = jax.jit(jax.grad(meta_loss, has_aux=True), static_argnames=('ghn_cfg', 'targets', 'l2'))
+
+
+def grads(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
+          ghn_cfg: ghn_lib.GHNConfig, targets: tuple[ModelConfig, ...], l2: float = 0.0) -> dict:
+  """d meta_loss / d GHN params (jitted per group); for tests and diagnostics."""
+  return _grad_fn(params, graphs, batch, ghn_cfg=ghn_cfg, targets=targets, l2=l2)[0]
