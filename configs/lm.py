@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d = cfg.data = ml_collections.ConfigDict()
   d.dataset = dataset             # hyperinit.data name (pydoc_text is embedded), or 'synthetic'
   d.train_split = 'train'
-  d.eval_split = 'validation'
+  d.eval_split = common.P(str)    # None: the dataset's (validation if it has one, else test)
   d.seq_len = seq_len             # tokens per example (packed)
   d.data_dir = common.P(str)      # tfds data dir (None: hyperinit.data's default)
   d.tokenizer = common.P(str)     # tokenizer file (None: byte-level)

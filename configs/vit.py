@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d = cfg.data = ml_collections.ConfigDict()
   d.dataset = dataset             # hyperinit.data name (digits is embedded), or 'synthetic'
   d.train_split = 'train'
-  d.eval_split = 'test'
+  d.eval_split = common.P(str)    # None: the dataset's (validation if it has one, else test)
   d.data_dir = common.P(str)      # tfds data dir (None: hyperinit.data's default)
   d.worker_count = 0              # grain worker processes
 

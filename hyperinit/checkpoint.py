@@ -148,12 +148,19 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iter)
     return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
-  def data_state_available(self, step: int) -> bool:
-    """Whether the data iterator was saved for this process layout."""
+  def _data_file(self, step: int) -> epath.Path:
     name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    return (self.directory / str(step) / 'data' / name).exists()
+    return self.directory / str(step) / 'data' / name
 
-  def restore(self, target: Any, step: int | None = None, data_iter: Any = None) -> tuple[Any, Any]:
+  def data_state_available(self, step: int, any_process_count: bool = False) -> bool:
+    """Whether the data iterator was saved for this process layout (or for any, with
+    `any_process_count`)."""
+    if any_process_count:
+      return bool(list((self.directory / str(step) / 'data').glob('process_0-of-*.json')))
+    return self._data_file(step).exists()
+
+  def restore(self, target: Any, step: int | None = None, data_iter: Any = None, *,
+              data_any_process_count: bool = False) -> tuple[Any, Any]:
     """Restores a TrainState onto `target`'s shardings (and the data iterator in place).
 
     Args:
@@ -162,6 +169,10 @@ class Checkpointer:
       step: which step (default: the latest).
       data_iter: a grain iterator whose position is set from the checkpoint
         (skipped when None).
+      data_any_process_count: the iterator state means the same on every
+        process ('rows' sharding, as `hyperinit.data` and the synthetic
+        loaders do), so a state saved by another number of processes may be
+        used: process 0's.
 
     Returns:
       (state, data_iter).
@@ -174,16 +185,25 @@ class Checkpointer:
     items = dict(params=ocp.args.StandardRestore(target.params),
                  opt_state=ocp.args.StandardRestore(target.opt_state),
                  train=ocp.args.StandardRestore({'step': target.step, 'rng': target.rng}))
+    foreign_data = None
     if data_iter is not None:
-      if not self.data_state_available(step):
+      if self.data_state_available(step):
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+      elif data_any_process_count and self.data_state_available(step, True):
+        foreign_data = sorted((self.directory / str(step) / 'data').glob('process_0-of-*.json'))[0]
+        logging.info('process count changed: data iterator state from %s', foreign_data)
+      else:
         raise CheckpointError(
             f'checkpoint {self.directory / str(step)} has no data-iterator state for process '
             f'{jax.process_index()} of {jax.process_count()} (saved with a different process '
             f'count?); set config.checkpoint.reset_data=True to continue with a fresh iterator')
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     self._check_shapes(step, target.params)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
+      if foreign_data is not None:  # what grain's handler does, from another layout's file
+        text = foreign_data.read_text()
+        data_iter.set_state(text.encode() if isinstance(data_iter, grain.DataLoaderIterator)
+                            else json.loads(text))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'could not restore checkpoint {self.directory / str(step)}: {_short(e)}. '
@@ -191,7 +211,7 @@ class Checkpointer:
           'earlier one') from e
     state = target.replace(params=out.params, opt_state=out.opt_state, step=out.train['step'],
                            rng=out.train['rng'])
-    return state, out.data if data_iter is not None else None
+    return state, data_iter
 
   def _check_shapes(self, step: int, abstract_params: Any) -> None:
     """Names the first param whose shape differs between the checkpoint and the run."""

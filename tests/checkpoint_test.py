@@ -65,14 +65,29 @@ def test_restore_onto_another_mesh_and_device_count(fsdp_run):
   assert kernel.sharding.spec == P(None, 'tensor') and len(kernel.sharding.device_set) == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), saved)
   # the data iterator continues where the run stopped: batch 7 of a fresh iterator
-  fresh = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
-  for _ in range(6):
-    next(fresh)
-  np.testing.assert_array_equal(next(it)['inputs'], next(fresh)['inputs'])
+  batch7 = next(it)
+  np.testing.assert_array_equal(batch7['inputs'], next(iter_after_6(config, s))['inputs'])
+  # a data state written by another process count restores too (rows sharding: same meaning)
+  other = _copy(os.path.join(workdir, 'checkpoints'), os.path.join(workdir, '..', 'other_pc'))
+  os.rename(os.path.join(other, '6', 'data', 'process_0-of-1.json'),
+            os.path.join(other, '6', 'data', 'process_0-of-2.json'))
+  it2 = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
+  with pytest.raises(checkpoint.CheckpointError, match='no data-iterator state for process 0 of 1'):
+    checkpoint.Checkpointer(other, read_only=True).restore(target, data_iter=it2)
+  checkpoint.Checkpointer(other, read_only=True).restore(target, data_iter=it2,
+                                                         data_any_process_count=True)
+  np.testing.assert_array_equal(next(it2)['inputs'], next(iter_after_6(config, s))['inputs'])
   # and training continues on the new mesh
-  state, m = s.train_step(state, loop.global_batch(next(it), s.batch_shardings,
+  state, m = s.train_step(state, loop.global_batch(batch7, s.batch_shardings,
                                                    s.task.batch_shapes(16)))
   assert np.isfinite(float(m['loss'])) and int(state.step) == 7
+
+
+def iter_after_6(config, s):
+  it = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
+  for _ in range(6):
+    next(it)
+  return it
 
 
 def test_load_params_rebuilds_the_model(fsdp_run):

@@ -188,20 +188,28 @@ def global_batch(batch: dict[str, np.ndarray], batch_shardings: dict[str, Any],
 
 
 def evaluate(s: Setup, config: Any, params: Any, loader: Any = None) -> dict[str, float]:
-  """Eval metrics over `config.eval_batches` batches (or one pass if <= 0)."""
-  loader = loader or tasks.make_loader(config, s.task, config.data.eval_split, train=False,
+  """Eval metrics over `config.eval_batches` batches (or one full pass if <= 0).
+
+  Batches may carry a 'mask' [B] (1 real, 0 padding) so a pass counts every
+  example exactly once.
+  """
+  loader = loader or tasks.make_loader(config, s.task, tasks.eval_split(config), train=False,
                                        seed=int(config.seed))
   limit = int(config.eval_batches)
   eb = int(config.get('eval_batch_size') or config.batch_size)
-  expected = s.task.batch_shapes(eb)
   sums = None
   for i, batch in enumerate(loader):
     if 0 < limit <= i:
       break
-    out = s.eval_step(params, global_batch(batch, s.batch_shardings, expected))
+    expected = dict(s.task.batch_shapes(eb))
+    if 'mask' in batch:
+      expected['mask'] = jax.ShapeDtypeStruct((eb,), jnp.float32)
+    shardings = {k: sharding.batch_sharding(s.mesh, s.rules, len(v.shape))
+                 for k, v in expected.items()}
+    out = s.eval_step(params, global_batch(batch, shardings, expected))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   if sums is None:
-    raise ValueError(f'eval split {config.data.eval_split!r} gave no full batch of {eb}')
+    raise ValueError(f'eval split {tasks.eval_split(config)!r} gave no full batch of {eb}')
   return s.task.summarize({k: float(v) for k, v in jax.device_get(sums).items()})
 
 
@@ -258,9 +266,9 @@ def train_and_evaluate(config: Any, workdir: str, *,
   logging.vlog(1, 'param shardings: %s', sharding.describe(s.shardings.params))
 
   seed = int(config.seed)
-  train_loader = train_loader or tasks.make_loader(config, s.task, config.data.train_split,
-                                                   train=True, seed=seed)
-  data_iter = iter(train_loader)
+  loader = train_loader or tasks.make_loader(config, s.task, config.data.train_split, train=True,
+                                             seed=seed)
+  data_iter = iter(loader)
   target = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
   if resume_step is not None:
     saved = ckpt.meta(resume_step)
@@ -269,8 +277,11 @@ def train_and_evaluate(config: Any, workdir: str, *,
       raise ckpt_lib.CheckpointError(
           f'checkpoint {ckpt.directory / str(resume_step)} was written for another model: '
           f'{diff} (saved, config); use a new workdir')
-    reset_data = bool(ck.get('reset_data')) and not ckpt.data_state_available(resume_step)
-    state, _ = ckpt.restore(target, resume_step, None if reset_data else data_iter)
+    # Our loaders shard by rows of one global stream: their state fits any process count.
+    ours = train_loader is None
+    reset_data = bool(ck.get('reset_data')) and not ckpt.data_state_available(resume_step, ours)
+    state, _ = ckpt.restore(target, resume_step, None if reset_data else data_iter,
+                            data_any_process_count=ours)
     if reset_data:
       logging.warning('data iterator state not restorable; starting a fresh one')
       data_iter = iter(tasks.make_loader(config, s.task, config.data.train_split, train=True,

@@ -151,6 +151,11 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
 
 def make_eval_step(eval_fn: Callable[..., Any], param_shardings: Any, batch_sharding: Any,
                    mesh: Mesh) -> Callable[[Any, Any], Any]:
-  """Jitted `(params, batch) -> dict of sums` (replicated scalars)."""
-  return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sharding),
+  """Jitted `(params, batch) -> dict of sums` (replicated scalars).
+
+  The batch keeps the sharding it arrives with (eval batches may carry extra
+  keys, e.g. a padding mask); `batch_sharding` is accepted for symmetry.
+  """
+  del batch_sharding
+  return jax.jit(eval_fn, in_shardings=(param_shardings, None),
                  out_shardings=NamedSharding(mesh, jax.sharding.PartitionSpec()))

@@ -43,14 +43,21 @@ def model_overrides(model_config: Any) -> dict[str, Any]:
   return {k: v for k, v in model_config.items() if k != 'name' and v is not None}
 
 
-def dataset_info(config: Any) -> dict[str, Any]:
-  """`hyperinit.data.dataset_info` for the configured dataset ({} for synthetic)."""
+def dataset_info(config: Any) -> Any:
+  """`hyperinit.data.dataset_info` of the configured dataset (None for synthetic)."""
   d = config.data
   if d.dataset == 'synthetic':
-    return {}
-  info = _data_module().dataset_info(d.dataset, data_dir=d.get('data_dir'),
+    return None
+  return _data_module().dataset_info(d.dataset, data_dir=d.get('data_dir'),
                                      tokenizer=d.get('tokenizer'))
-  return dict(info)
+
+
+def eval_split(config: Any) -> str:
+  """config.data.eval_split, or the dataset's own ('validation' if it has one, else 'test')."""
+  if config.data.get('eval_split'):
+    return config.data.eval_split
+  info = dataset_info(config)
+  return info.eval_split if info is not None else 'validation'
 
 
 def resolve_model_config(config: Any, base: models.ModelConfig | None = None) -> models.ModelConfig:
@@ -67,16 +74,14 @@ def resolve_model_config(config: Any, base: models.ModelConfig | None = None) ->
     raise ValueError('config.model.name is empty: name a preset (see models.preset_names()) '
                      'or set config.init_from')
   info = dataset_info(config)
-  if config.task == 'lm':
-    if 'vocab_size' not in over and 'vocab_size' in info:
-      over['vocab_size'] = int(info['vocab_size'])
-  elif config.task == 'classification':
-    shape = info.get('image_shape') or info.get('shape')
-    if shape is not None:
+  if info is not None and config.task == 'lm':
+    over.setdefault('vocab_size', int(info.vocab_size))
+  elif info is not None and config.task == 'classification':
+    shape = info.image_shape
+    if shape[0] is not None:  # variable-size datasets (imagenet2012) need model.image_size
       over.setdefault('image_size', int(shape[0]))
-      over.setdefault('num_channels', int(shape[-1]))
-    if 'num_classes' in info:
-      over.setdefault('num_classes', int(info['num_classes']))
+    over.setdefault('num_channels', int(shape[-1]))
+    over.setdefault('num_classes', int(info.num_classes))
   return models.get_config(config.model.name, **over)
 
 
@@ -149,10 +154,10 @@ def classification_task(cfg: models.ViTConfig) -> Task:
 
   def eval_fn(params, batch):
     logits = module.apply({'params': params}, batch['image'])
+    w = batch.get('mask', jnp.ones(logits.shape[:1], jnp.float32))  # 0: padding row
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return {'loss': jnp.sum(loss), 'correct': jnp.sum(correct),
-            'count': jnp.asarray(loss.size, jnp.float32)}
+    return {'loss': jnp.sum(w * loss), 'correct': jnp.sum(w * correct), 'count': jnp.sum(w)}
 
   def summarize(s):
     n = max(s['count'], 1)
@@ -199,8 +204,10 @@ def make_loader(config: Any, task: Task, split: str, train: bool, seed: int,
     return data.lm_loader(dataset=d.dataset, split=split, seq_len=int(d.seq_len), batch_size=batch,
                           seed=seed, data_dir=d.get('data_dir'), tokenizer=d.get('tokenizer'),
                           **shard)
+  # Evaluation covers every example once: the last batch is padded and masked.
   return data.image_loader(dataset=d.dataset, split=split, batch_size=batch, seed=seed,
-                           train=train, data_dir=d.get('data_dir'), **shard)
+                           train=train, data_dir=d.get('data_dir'), image_size=cfg.image_size,
+                           pad_final_batch=not train, **shard)
 
 
 def count_matmul_params(cfg: models.ModelConfig) -> int:
