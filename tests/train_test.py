@@ -252,6 +252,14 @@ def test_init_from_checkpoint_and_runtime_overrides(lm_run, tmp_path):
   assert b['state'].params['block_0']['mlp']['wi']['kernel'].sharding.spec[0] == 'fsdp'
   meta = checkpoint.Checkpointer(str(tmp_path / 'dst' / 'checkpoints'), read_only=True).meta()
   assert meta['model_config']['dtype'] == 'bfloat16' and meta['model_config']['embed_dim'] == 64
+  # a Hugging Face directory (hyperinit.interop) works the same way
+  from hyperinit import interop  # pylint: disable=g-import-not-at-top
+  interop.save_hf(str(tmp_path / 'hf'), models.get_config('gpt2-tiny'),
+                  jax.device_get(a['state'].params))
+  cfg.init_from = str(tmp_path / 'hf')
+  h = loop.train_and_evaluate(cfg, str(tmp_path / 'dst_hf'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(h['state'].params),
+               jax.device_get(a['state'].params))
   bad = lm_config(steps=4)
   bad.init_from = str(tmp_path / 'nope')
   with pytest.raises(FileNotFoundError, match='nope'):

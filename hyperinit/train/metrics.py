@@ -136,3 +136,32 @@ def quiet_libraries() -> None:
   logger = logging.get_absl_logger()
   if _FILTER not in logger.filters:
     logger.addFilter(_FILTER)
+
+
+def plot(workdir: str, path: str, metric: str = 'loss', title: str = '',
+         hline: tuple[float, str] | None = None) -> None:
+  """Train and eval curves of `metric` from `<workdir>/metrics.jsonl` to a PNG at `path`.
+
+  `hline`: (value, label) of a reference line, e.g. the unigram entropy.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = read_jsonl(workdir)
+  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+  for split, style in (('train', '-'), ('eval', 'o-')):
+    pts = [(r['step'], r[metric]) for r in rows if r['split'] == split and metric in r]
+    if pts:
+      ax.plot(*zip(*pts), style, label=f'{split} {metric}', ms=3)
+  if hline is not None:
+    ax.axhline(hline[0], color='gray', ls='--', label=hline[1])
+  ax.set_xlabel('step')
+  ax.set_ylabel(metric)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  tmp = f'{path}.tmp-{os.getpid()}.png'
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
