@@ -150,3 +150,16 @@ def test_hybrid_sharded_init_and_optimizer_state():
   mu = state.opt_state[1].mu  # chain: clip, adam, lr; moments follow their params
   assert mu['block_0']['mlp']['wi']['kernel'].sharding.spec == P('fsdp', 'tensor')
   assert state.opt_state[1].count.sharding.spec == P()
+
+
+def test_activation_constraints_reach_the_program():
+  s = loop.setup(_config(MESHES['tp']))
+  state = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
+  batch = {k: jax.ShapeDtypeStruct((16, 32), np.int32, sharding=v)
+           for k, v in s.batch_shardings.items()}
+  with sharding.activation_context(s.mesh, s.rules):
+    text = s.train_step.jitted.lower(state, batch).as_text()  # lowering only, no compile
+  # q/k/v [B, T, heads, head_dim]: batch over data+fsdp, heads over tensor (act_heads)
+  assert '[{"data", "fsdp"}, {}, {"tensor"}, {}]> : tensor<16x32x4x16xf32>' in text
+  # MLP hidden [B, T, mlp] (act_mlp)
+  assert '[{"data", "fsdp"}, {}, {"tensor"}]> : tensor<16x32x256xf32>' in text
