@@ -17,7 +17,7 @@ from configs import common
 SIZES = {
     # 0.1M params, byte vocab: learns the embedded corpus in minutes on CPU
     'tiny': ('gpt2-tiny', {}, 'pydoc_text', 128, 32, 2000, 3e-3, 100, {}),
-    # ~10M params (6 x 256), byte vocab
+    # ~5M params (6 x 256), byte vocab
     'small': ('gpt2', dict(num_layers=6, embed_dim=256, num_heads=4, mlp_dim=1024, max_len=512),
               'pydoc_text', 256, 64, 20_000, 1e-3, 500, {}),
     # GPT-2 124M / 355M (Radford et al. 2019), nanoGPT-like recipe: 0.5M tokens per step

@@ -8,6 +8,8 @@ Rerunning the same command resumes from the newest checkpoint in --workdir.
 Multi-host: see BUILD_NOTES.md ("Pods and multi-host").
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,6 +26,8 @@ _DIST = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize
                           'auto-detection (TPU pods, SLURM, GKE, MPI).')
 _CPU_COLL = flags.DEFINE_string('cpu_collectives', None, "CPU collectives for multi-process CPU "
                                 "runs, e.g. 'gloo'.")
+_PREEMPT_RC = flags.DEFINE_integer('preempted_exit_code', 0, 'Exit status after a SIGTERM '
+                                   'checkpoint (e.g. 3, so a job script can requeue itself).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,6 +39,8 @@ def main(argv):
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info('finished at step %d%s; eval %s', result['step'],
                ' (preempted: rerun to resume)' if result['preempted'] else '', result['eval'])
+  if result['preempted']:
+    sys.exit(_PREEMPT_RC.value)
 
 
 if __name__ == '__main__':

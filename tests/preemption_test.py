@@ -25,7 +25,8 @@ def _command(workdir):
           f'--workdir={workdir}', '--config.data.dataset=synthetic', '--config.data.seq_len=32',
           '--config.batch_size=16', f'--config.num_train_steps={STEPS}',
           '--config.optimizer.warmup_steps=5', '--config.eval_every=0', '--config.log_every=2',
-          '--config.checkpoint.every=10', '--config.mesh.data=1', '--config.mesh.fsdp=-1']
+          '--config.checkpoint.every=10', '--config.mesh.data=1', '--config.mesh.fsdp=-1',
+          '--preempted_exit_code=3']
 
 
 @pytest.fixture(scope='module')
@@ -100,7 +101,8 @@ def _assert_same(run, ref):
 def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, env, reference):
   workdir = str(tmp_path)
   rc, err = _interrupt(workdir, env, signal.SIGTERM, after_step=14)
-  assert rc == 0, err[-3000:]
+  assert rc == 3, err[-3000:]  # clean exit with the status asked for by --preempted_exit_code
+  assert 'Traceback' not in err
   assert 'preempted: saved step' in err
   stopped = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     read_only=True).latest_step()
