@@ -263,8 +263,8 @@ def plot_grid(results: Mapping[str, CoordResult], path: str, title: str = '') ->
 
   rows = list(results)
   steps = max(r.steps for r in results.values())
-  fig, axes = plt.subplots(len(rows), steps, figsize=(3.4 * steps, 2.8 * len(rows)),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(rows), steps, figsize=(3.4 * steps + 2.2, 2.8 * len(rows)),
+                           squeeze=False, sharey='row')
   for i, name in enumerate(rows):
     res = results[name]
     cmap = plt.get_cmap('viridis', max(len(res.acts), 2))
@@ -282,9 +282,15 @@ def plot_grid(results: Mapping[str, CoordResult], path: str, title: str = '') ->
         ax.set_ylabel('mean |activation|', fontsize=8)
       if i == len(rows) - 1:
         ax.set_xlabel('width', fontsize=8)
+    lo, hi = axes[i][0].get_ylim()
+    if hi / lo < 10:                     # at least a decade, so flat lines look flat
+      mid = (hi * lo) ** 0.5
+      axes[i][0].set_ylim(mid / 10 ** 0.5, mid * 10 ** 0.5)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='center right', fontsize=6, frameon=False)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.4 * steps + 2.2), 1))
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix='.png', dir=d)
@@ -296,3 +302,31 @@ def plot_grid(results: Mapping[str, CoordResult], path: str, title: str = '') ->
     plt.close(fig)
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+# --- a whole study from a config (experiments/coord_check.py) -------------------------
+
+def run_study(config) -> dict[str, dict[str, CoordResult]]:
+  """{model: {'SP Adam': result, 'muP Adam': ..., ...}} for `configs/coord_check.py`."""
+  out: dict[str, dict[str, CoordResult]] = {}
+  seeds = tuple(range(config.seeds))
+  for model in [m for m in config.models.split(',') if m]:
+    if model not in ('mlp', 'transformer'):
+      raise ValueError(f'unknown model {model!r} in config.models; expected mlp and/or transformer')
+    mc = config[model]
+    rows = {}
+    for opt in [o for o in config.optimizers.split(',') if o]:
+      lr = mc.lr_adam if opt == 'adam' else mc.lr_sgd
+      for param in ('sp', 'mup'):
+        label = f'{"SP" if param == "sp" else "muP"} {"Adam" if opt == "adam" else "SGD"}'
+        if model == 'mlp':
+          make = mlp_setup(param, opt, lr, base_width=mc.base_width, depth=mc.depth,
+                           batch=mc.batch, readout=config.readout)
+        else:
+          make = transformer_setup(param, opt, lr, base_width=mc.base_width, preset=mc.preset,
+                                   seq_len=mc.seq_len, batch=mc.batch, num_heads=mc.num_heads,
+                                   readout=config.readout, num_layers=mc.num_layers,
+                                   tie_embeddings=mc.tie_embeddings)
+        rows[label] = coord_check(make, tuple(mc.widths), steps=config.steps, seeds=seeds)
+    out[model] = rows
+  return out
