@@ -33,8 +33,8 @@ def get_config(arg=None):
   c.transformer.num_layers = 2   # blocks
   c.transformer.num_heads = 4    # fixed head count: head_dim grows with width
   c.transformer.tie_embeddings = False  # untied head can be zero-initialised
-  c.transformer.batch = 2        # sequences of random tokens (few tokens: see docs/mup.md)
-  c.transformer.seq_len = 16     # tokens per sequence
+  c.transformer.batch = 1        # sequences of random tokens (few tokens: see docs/mup.md)
+  c.transformer.seq_len = 8      # tokens per sequence
   c.transformer.lr_adam = 0.01   # Adam learning rate
   c.transformer.lr_sgd = 0.3     # SGD learning rate
   return c
