@@ -263,7 +263,8 @@ def test_tied_embedding_follows_table8():
 def test_mqa_kv_projection_is_a_bottleneck():
   """Heads grow (head_dim fixed) while MQA keeps one kv head: k/v kernels have an infinite
   fan-in and a finite fan-out but are not the readout.  Treating them as output-like (Adam x1,
-  as a one-infinite-dim rule would) lets k = W x grow like m; hidden-style x1/m keeps it Theta(1)."""
+  as a one-infinite-dim rule would) lets k = W x grow like m; hidden-style x1/m keeps it
+  Theta(1)."""
   base = models.get_config('llama-mqa-tiny')
   tgt = base.replace(embed_dim=256, num_heads=16, head_dim=16, mlp_dim=4 * base.mlp_dim)
   m = mup.config_multipliers(tgt, base.replace(head_dim=16))

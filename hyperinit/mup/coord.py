@@ -133,7 +133,8 @@ def _flatten_intermediates(tree: Mapping[str, Any], prefix: str = '') -> dict[st
   return out
 
 
-def apply_with_acts(module: nn.Module, params: Any, *args) -> tuple[jax.Array, dict[str, jax.Array]]:
+def apply_with_acts(module: nn.Module, params: Any,
+                    *args) -> tuple[jax.Array, dict[str, jax.Array]]:
   """module output and {module path: its __call__ output} (top-level output as 'output')."""
   y, state = module.apply({'params': params}, *args, capture_intermediates=_capture,
                           mutable=['intermediates'])
