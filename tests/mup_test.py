@@ -346,6 +346,8 @@ def test_multipliers_json_round_trip_and_restored_trees():
   assert mup.lr_multipliers(back, 'sgd') == mup.lr_multipliers(m, 'sgd')
   # A tree that went through FrozenDict (e.g. an old Flax checkpoint) keeps its paths.
   _, params, mm = _mlp(256)
+  assert mup.lr_tree(mm, params)['hidden_1']['kernel'] == 0.25        # for logging
+  assert mm.tree(params)['readout']['kernel'].cls == 'output'
   tx = mup.scale_by_mup(mm)
   a, _ = tx.update(params, tx.init(params))
   b, _ = tx.update(flax.core.freeze(params), tx.init(params))
