@@ -108,7 +108,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, env, reference):
                                     read_only=True).latest_step()
   assert 14 <= stopped < STEPS and stopped % 10, stopped  # saved at the signal, not at an interval
   p = _run(workdir, env)
-  assert f'resumed from' in p.stderr and f'at step {stopped}' in p.stderr
+  assert 'resumed from' in p.stderr and f'at step {stopped}' in p.stderr
   _assert_same(_final(workdir), reference)
 
 

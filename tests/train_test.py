@@ -5,10 +5,8 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 import glob
-import json
 import math
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -136,7 +136,7 @@ def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
   specs, shapes = models.param_specs(model_cfg), models.param_shapes(model_cfg)
   rules = sharding.fit_rules(make_rules(config), shapes, specs, mesh)
   total = int(config.num_train_steps)
-  _, schedule = optim.make_optimizer(config.optimizer, total, specs)
+  schedule = optim.make_schedule(config.optimizer, total)
   if optimizer is None:
     tx, schedule = optim.make_optimizer(config.optimizer, total, specs,
                                         lr_multipliers=lr_multipliers)
