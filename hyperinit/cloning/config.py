@@ -131,7 +131,8 @@ def clone_model(params: Any, cfg: ModelConfig, factors: Mapping[str, Any],
                 variant: str = 'noisy_symmetric', rng: jax.Array | int | None = None,
                 snr_db: float = 10.0, *, kv_rule: str = 'auto', tie: str = 'keep',
                 noise_dist: str = 'irwin_hall', out_shardings: Any = None,
-                mesh: jax.sharding.Mesh | None = None, rules: Any = None, jit: bool = True) -> tuple[dict[str, Any], ModelConfig]:
+                mesh: jax.sharding.Mesh | None = None, rules: Any = None,
+                jit: bool = True) -> tuple[dict[str, Any], ModelConfig]:
   """Clones a model's params; returns (dst params, dst config).
 
   Args:
