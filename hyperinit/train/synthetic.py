@@ -13,11 +13,12 @@ Image records: Gaussian noise around one fixed random template per class.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import grain
 import numpy as np
+
+from hyperinit.data import pipeline
 
 
 class LMSource:
@@ -69,34 +70,6 @@ class ImageSource:
     return {'image': image.astype(np.float32), 'label': np.int32(label)}
 
 
-class _Rows(grain.MapDataset):
-  """This process's rows of each global batch: element j is parent element
-  (j // b) * B + p * b + j % b (b = B / P), so the global batch at a step is the
-  same for any process count (as in `hyperinit.data`'s default 'rows' mode)."""
-
-  def __init__(self, parent: grain.MapDataset, global_batch: int, shard_index: int,
-               shard_count: int):
-    super().__init__(parent)
-    self._global, self._b = global_batch, global_batch // shard_count
-    self._offset = shard_index * self._b
-    n = len(parent)
-    self._length = n if n >= sys.maxsize else (n // global_batch) * self._b
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __str__(self) -> str:
-    return f'_Rows(global_batch={self._global}, rows={self._offset}:+{self._b})'
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    if index >= self._length:
-      raise IndexError(index)
-    step, row = divmod(index, self._b)
-    return self._parent[step * self._global + self._offset + row]
-
-
 def make_loader(source: Any, batch_size: int, seed: int = 0, shuffle: bool = True,
                 num_epochs: int | None = None, shard_index: int | None = None,
                 shard_count: int | None = None, worker_count: int = 0) -> grain.IterDataset:
@@ -113,7 +86,8 @@ def make_loader(source: Any, batch_size: int, seed: int = 0, shuffle: bool = Tru
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = _Rows(ds.repeat(num_epochs), batch_size, shard_index, shard_count)
+  # The same row sharding as hyperinit.data: a step's global batch is the same for any process count.
+  ds = pipeline.RowShardMapDataset(ds.repeat(num_epochs), batch_size, shard_index, shard_count)
   ds = ds.batch(batch_size // shard_count, drop_remainder=True).to_iter_dataset()
   if worker_count:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
