@@ -49,13 +49,17 @@ class MetaConfig:
   l2: float = 3e-5              # weight of the global L2 norm of predicted params
 
 
-def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
+def make_schedule(mc: MetaConfig) -> optax.Schedule:
+  """Learning rate of update `count` (0-based): linear warm-up, then cosine decay."""
   base = optax.warmup_cosine_decay_schedule(
       0.0, mc.lr, mc.warmup_steps, max(mc.total_steps, mc.warmup_steps + 1),
       end_value=mc.lr * mc.end_lr_frac)
-  schedule = lambda count: base(count + 1)  # the first step already has lr = peak / warmup
+  return lambda count: base(count + 1)  # the first step already has lr = peak / warmup
+
+
+def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(mc.clip),
-                     optax.adamw(schedule, weight_decay=mc.weight_decay))
+                     optax.adamw(make_schedule(mc), weight_decay=mc.weight_decay))
 
 
 def init_state(ghn_cfg: ghn_lib.GHNConfig, mc: MetaConfig, rng: jax.Array) -> dict[str, Any]:
