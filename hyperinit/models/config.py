@@ -47,7 +47,7 @@ class BlockConfig:
   attn_scale: str = 'sqrt'      # logits * attn_mult / sqrt(d_head) or / d_head (muP)
   attn_mult: float = 1.0
   embed_mult: float = 1.0       # forward multiplier on the input embedding (muP)
-  logits_mult: float = 1.0      # forward multiplier on the readout (muP output_mult / m)
+  logits_mult: float = 1.0      # multiplier on the readout's input (muP output_mult / m)
   residual_mult: float = 1.0    # multiplier on each residual branch (depth-muP: L^-alpha)
   dropout_rate: float = 0.0
   init: str = 'normal'          # 'normal': N(0, init_std); 'fan_in': var = 1/fan_in

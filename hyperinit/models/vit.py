@@ -45,6 +45,8 @@ class ViT(nn.Module):
     x = layers.run_blocks(cfg, x, positions, False, deterministic)
     x = layers.Norm(cfg, role='final_norm', name='final_norm')(x)
     pooled = x[:, 0] if cfg.pool == 'cls' else jnp.mean(x[:, 1:], axis=1)
+    # The muP output multiplier scales the readout's input (as microsoft/mup's MuReadout), so
+    # the head bias keeps its width-independent learning rate.
     logits = layers.Linear(cfg, (cfg.num_classes,), ('embed',), ('classes',), True,
-                           role='readout', name='head')(pooled)
-    return logits.astype(jnp.float32) * cfg.logits_mult
+                           role='readout', name='head')(pooled * cfg.logits_mult)
+    return logits.astype(jnp.float32)

@@ -1,0 +1,73 @@
+"""Fields shared by every training config (configs/lm.py, configs/vit.py)."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+P = config_dict.placeholder
+
+
+def model(name: str, **fields) -> ml_collections.ConfigDict:
+  """config.model: a preset name plus overrides (None = the preset's / the data's value)."""
+  m = ml_collections.ConfigDict()
+  m.name = name                 # preset (models.preset_names()) or 'init_from' (use init_from's)
+  m.dtype = 'float32'           # compute dtype: float32 | bfloat16 (params stay param_dtype)
+  m.param_dtype = 'float32'     # storage dtype of params and optimizer moments
+  m.scan_layers = False         # nn.scan over blocks (faster compiles for deep models)
+  m.remat = 'none'              # rematerialise blocks: none | full | dots
+  m.dropout_rate = P(float)     # None: preset value (0)
+  m.attention_impl = P(str)     # jax.nn.dot_product_attention impl: None | 'xla' | 'cudnn'
+  m.num_layers = P(int)         # architecture overrides (None: the preset's)
+  m.embed_dim = P(int)
+  m.num_heads = P(int)
+  m.num_kv_heads = P(int)
+  m.mlp_dim = P(int)
+  m.init_std = P(float)
+  for k, v in fields.items():
+    m[k] = v
+  return m
+
+
+def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: float,
+             warmup: int, weight_decay: float, clip: float = 1.0, b2: float = 0.95) -> None:
+  """Adds optimizer, mesh, checkpoint and logging fields to `cfg`."""
+  cfg.seed = 0                    # params, dropout and data order
+  cfg.init_from = ''              # orbax checkpoint dir (ours) or Hugging Face dir; '' = random
+  cfg.batch_size = batch          # GLOBAL batch (split over processes and the batch mesh axes)
+  cfg.eval_batch_size = P(int)    # None: batch_size
+  cfg.grad_accum_steps = 1        # microbatches per update (lax.scan; same update, less memory)
+  cfg.num_train_steps = steps     # optimizer updates
+  cfg.log_every = 50              # progress line + train metrics every N steps
+  cfg.eval_every = 500            # eval every N steps (<= 0: never; always at the end if > 0)
+  cfg.eval_batches = 20           # batches per eval (<= 0: one full pass)
+  cfg.eval_at_start = False       # also evaluate the initial params (step 0)
+
+  o = cfg.optimizer = ml_collections.ConfigDict()
+  o.name = 'adamw'                # adamw | adam | sgd
+  o.learning_rate = lr            # peak learning rate
+  o.schedule = 'cosine'           # cosine | linear | constant (after linear warm-up)
+  o.warmup_steps = warmup         # linear warm-up from 0
+  o.decay_steps = P(int)          # end of the decay (None: num_train_steps)
+  o.min_lr_ratio = 0.1            # final lr = ratio * peak
+  o.b1 = 0.9                      # Adam betas / eps
+  o.b2 = b2
+  o.eps = 1e-8
+  o.momentum = 0.9                # SGD momentum (0: plain SGD)
+  o.nesterov = False
+  o.weight_decay = weight_decay   # AdamW: decoupled; adam / sgd: L2. Matrices only (annotations)
+  o.grad_clip_norm = clip         # global-norm clipping (0: off)
+
+  m = cfg.mesh = ml_collections.ConfigDict()
+  m.data = -1                     # mesh axis sizes; -1 = the remaining devices
+  m.fsdp = 1                      #   FSDP: fsdp=-1, data=1;  TP: tensor=k
+  m.tensor = 1
+  m.rules = ''                    # rule overrides, e.g. 'embed:,mlp:tensor,batch:data+fsdp'
+
+  c = cfg.checkpoint = ml_collections.ConfigDict()
+  c.every = 1000                  # save every N steps (and at the end and on SIGTERM)
+  c.keep = 3                      # newest N checkpoints kept
+  c.async_save = True             # write in the background
+  c.restore_step = P(int)         # resume from this step (None: the latest)
+  c.reset_data = False            # allow resuming with a fresh data iterator (process count changed)
+  c.preemption_sync_every = 10    # multi-process: agree on SIGTERM every N steps

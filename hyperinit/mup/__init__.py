@@ -1,0 +1,29 @@
+"""muP / µTransfer for annotated JAX models (Tensor Programs V, arXiv 2203.03466).
+
+    from hyperinit import models, mup
+    base = models.get_config('gpt2-tiny')                       # the tuned proxy
+    target = models.get_config('gpt2-tiny', embed_dim=512, mlp_dim=2048)
+    cfg = mup.mup_config(target, base)                         # logits x 1/m, 1/d attention
+    mults = mup.config_multipliers(cfg, base)                  # per-leaf classes and multipliers
+    params = mup.init_params(cfg, rng, mults)                  # hidden var ~ 1/fan_in, zero readout
+    tx = mup.make_optimizer('adamw', schedule, mults, weight_decay=0.1, grad_clip=1.0)
+
+Everything is derived from the `ParamSpec` annotations; the multipliers are a
+JSON-serialisable mapping (path -> class, fan-in/fan-out multipliers), and the
+optimizer factors are static per path, so sharded (FSDP) updates just work.
+"""
+
+from hyperinit.mup.init import (INIT_SCHEMES, init_factors, init_params, mup_config,
+                                rescale_init)
+from hyperinit.mup.optim import (KINDS, adafactor, adam, adamw, eps_multipliers, lion,
+                                 lr_multipliers, lr_tree, make_optimizer, scale_by_adam,
+                                 scale_by_mup, scale_per_leaf, sgd)
+from hyperinit.mup.shapes import (CLASSES, LeafMult, Multipliers, class_counts,
+                                  config_multipliers, summary, width_multipliers)
+
+__all__ = [
+    'CLASSES', 'INIT_SCHEMES', 'KINDS', 'LeafMult', 'Multipliers', 'adafactor', 'adam', 'adamw',
+    'class_counts', 'config_multipliers', 'eps_multipliers', 'init_factors', 'init_params',
+    'lion', 'lr_multipliers', 'lr_tree', 'make_optimizer', 'mup_config', 'rescale_init',
+    'scale_by_adam', 'scale_by_mup', 'scale_per_leaf', 'sgd', 'summary', 'width_multipliers',
+]

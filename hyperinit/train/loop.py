@@ -1,0 +1,374 @@
+"""`train_and_evaluate(config, workdir)`: the training loop.
+
+Importable from a notebook; `experiments/train.py` is a thin absl wrapper.
+Rerunning with the same workdir resumes from the latest checkpoint (params,
+optimizer, step, rng and the data iterator), so a preempted or killed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from hyperinit import checkpoint as ckpt_lib
+from hyperinit import models, sharding
+from hyperinit import spec as spec_lib
+from hyperinit.train import distributed, metrics as metrics_lib, optim, step as step_lib, tasks
+
+
+def parse_rules(text: str | None) -> tuple[tuple[str, Any], ...]:
+  """Rule overrides from 'embed:fsdp,mlp:tensor,vocab:,batch:data+fsdp' (empty = unsharded)."""
+  out = []
+  for item in filter(None, (s.strip() for s in (text or '').split(','))):
+    if ':' not in item:
+      raise ValueError(f'bad sharding rule {item!r}; expected logical:mesh_axis[+mesh_axis]')
+    name, target = item.split(':', 1)
+    axes = tuple(a for a in target.split('+') if a)
+    bad = [a for a in axes if a not in sharding.MESH_AXES]
+    if bad:
+      raise ValueError(f'sharding rule {item!r}: unknown mesh axes {bad}; expected {sharding.MESH_AXES}')
+    out.append((name.strip(), axes[0] if len(axes) == 1 else (axes or None)))
+  return tuple(out)
+
+
+def make_rules(config: Any) -> tuple[tuple[str, Any], ...]:
+  """DEFAULT_RULES with `config.mesh.rules` overrides taking precedence."""
+  over = parse_rules(config.mesh.get('rules'))
+  names = {n for n, _ in over}
+  return over + tuple(r for r in sharding.DEFAULT_RULES if r[0] not in names)
+
+
+def _arch_diff(a: models.ModelConfig, b: models.ModelConfig) -> dict[str, tuple[Any, Any]]:
+  da, db = a.to_dict(), b.to_dict()
+  return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db))
+          if k not in tasks.RUNTIME_FIELDS and da.get(k) != db.get(k)}
+
+
+def _is_hf_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, 'config.json'))
+
+
+def _init_from_config(path: str) -> tuple[models.ModelConfig, Any]:
+  """(model config recorded at `path`, HF params or None)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.init_from={path!r} does not exist')
+  if _is_hf_dir(path):
+    from hyperinit.interop import load_hf  # pylint: disable=g-import-not-at-top
+    return load_hf(path)
+  root, step = ckpt_lib.resolve(path)
+  meta = ckpt_lib.Checkpointer(root, read_only=True).meta(step)
+  return models.config_from_dict(meta['model_config']), None
+
+
+def _check_init_shapes(shapes: Any, model_cfg: models.ModelConfig, path: str) -> None:
+  """Raises naming the first leaf whose shape differs from `model_cfg`'s params."""
+  spec_lib.check_tree(shapes, models.param_specs(model_cfg), f'init_from {path}')
+  have = spec_lib.flatten(shapes)
+  for k, want in spec_lib.flatten(models.param_shapes(model_cfg)).items():
+    got = tuple(np.shape(have[k]))
+    if got != tuple(want.shape):
+      raise ValueError(f'init_from {path}: param {k!r} has shape {got}, the model expects '
+                       f'{tuple(want.shape)}')
+
+
+def load_init_params(path: str, model_cfg: models.ModelConfig, param_shardings: Any,
+                     hf_params: Any = None) -> Any:
+  """Params from an orbax checkpoint of ours or a Hugging Face directory, sharded.
+
+  Raises ValueError if a leaf's shape differs from `model_cfg`'s; other
+  config differences are logged.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.init_from={path!r} does not exist')
+  if _is_hf_dir(path):
+    if hf_params is None:
+      from hyperinit.interop import load_hf  # pylint: disable=g-import-not-at-top
+      src_cfg, hf_params = load_hf(path)
+    else:
+      src_cfg = model_cfg
+    _check_init_shapes(hf_params, model_cfg, path)
+    shapes = models.param_shapes(model_cfg)
+    params = jax.tree.map(lambda x, s, sh: jax.device_put(np.asarray(x, s.dtype), sh),
+                          hf_params, shapes, param_shardings)
+  else:
+    root, step = ckpt_lib.resolve(path)
+    src_cfg = models.config_from_dict(
+        ckpt_lib.Checkpointer(root, read_only=True).meta(step)['model_config'])
+    _check_init_shapes(models.param_shapes(src_cfg), model_cfg, path)
+    _, params = ckpt_lib.load_params(path, shardings=param_shardings)
+  diff = _arch_diff(src_cfg, model_cfg)
+  if diff:
+    logging.warning('init_from %s: model config differs from the run in %s', path, diff)
+  return params
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from the config before the loop runs (handy in notebooks)."""
+  mesh: Any
+  rules: Any
+  task: tasks.Task
+  specs: Any
+  shapes: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  shardings: step_lib.TrainState
+  batch_shardings: Any
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+
+
+def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
+          optimizer: optim.OptimizerFactory | optax.GradientTransformation | None = None,
+          lr_multipliers: Any = None, devices: Any = None) -> Setup:
+  """Mesh, rules, task, optimizer, shardings and jitted steps for a config."""
+  mesh = sharding.make_mesh({k: int(config.mesh[k]) for k in sharding.MESH_AXES}, devices)
+  model_cfg = model_cfg or tasks.resolve_model_config(config)
+  task = tasks.make_task(config, model_cfg)
+  specs, shapes = models.param_specs(model_cfg), models.param_shapes(model_cfg)
+  rules = sharding.fit_rules(make_rules(config), shapes, specs, mesh)
+  total = int(config.num_train_steps)
+  schedule = optim.make_schedule(config.optimizer, total)
+  if optimizer is None:
+    tx, schedule = optim.make_optimizer(config.optimizer, total, specs,
+                                        lr_multipliers=lr_multipliers)
+  elif isinstance(optimizer, optax.GradientTransformation):
+    tx = optimizer
+  else:
+    tx = optimizer(config, specs, schedule)
+  param_sh = sharding.tree_shardings(shapes, specs, mesh, rules)
+  state_sh = step_lib.state_shardings(param_sh, tx, mesh, shapes)
+  gb, k = int(config.batch_size), int(config.get('grad_accum_steps') or 1)
+  div = sharding.batch_divisor(mesh, rules)
+  if gb % (div * k) or gb % jax.process_count():
+    raise ValueError(f'batch_size={gb} must be divisible by the batch sharding ({div} ways) '
+                     f'x grad_accum_steps ({k}) and by the process count ({jax.process_count()})')
+  batch_sh = {key: sharding.batch_sharding(mesh, rules, len(s.shape))
+              for key, s in task.batch_shapes(gb).items()}
+  with sharding.activation_context(mesh, rules):
+    train_step = step_lib.make_train_step(task.loss_fn, tx, state_sh, batch_sh,
+                                          grad_accum_steps=k)
+    eval_step = step_lib.make_eval_step(task.eval_fn, param_sh, batch_sh, mesh)
+  return Setup(mesh, rules, task, specs, shapes, tx, schedule, state_sh, batch_sh,
+               _in_context(train_step, mesh, rules), _in_context(eval_step, mesh, rules))
+
+
+def _in_context(fn, mesh, rules):
+  """Calls (and so traces) `fn` with the activation rules and mesh set."""
+  def wrapped(*args):
+    with sharding.activation_context(mesh, rules):
+      return fn(*args)
+  wrapped.jitted = fn
+  return wrapped
+
+
+def global_batch(batch: dict[str, np.ndarray], batch_shardings: dict[str, Any],
+                 expected: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
+  """This process's slice of a batch -> global arrays sharded over the mesh."""
+  out = {}
+  for key, want in expected.items():
+    if key not in batch:
+      raise KeyError(f'data batch has keys {sorted(batch)}; the task needs {key!r}')
+    x = np.asarray(batch[key])
+    local = (want.shape[0] // jax.process_count(),) + tuple(want.shape[1:])
+    if x.shape != local:
+      raise ValueError(f'data batch {key!r} has shape {x.shape}; expected {local} (global '
+                       f'{want.shape} over {jax.process_count()} processes)')
+    out[key] = jax.make_array_from_process_local_data(batch_shardings[key], x.astype(want.dtype),
+                                                      want.shape)
+  return out
+
+
+def evaluate(s: Setup, config: Any, params: Any, loader: Any = None) -> dict[str, float]:
+  """Eval metrics over `config.eval_batches` batches (or one full pass if <= 0).
+
+  Batches may carry a 'mask' [B] (1 real, 0 padding) so a pass counts every
+  example exactly once.
+  """
+  loader = loader or tasks.make_loader(config, s.task, tasks.eval_split(config), train=False,
+                                       seed=int(config.seed))
+  limit = int(config.eval_batches)
+  eb = int(config.get('eval_batch_size') or config.batch_size)
+  sums = None
+  for i, batch in enumerate(loader):
+    if 0 < limit <= i:
+      break
+    expected = dict(s.task.batch_shapes(eb))
+    if 'mask' in batch:
+      expected['mask'] = jax.ShapeDtypeStruct((eb,), jnp.float32)
+    shardings = {k: sharding.batch_sharding(s.mesh, s.rules, len(v.shape))
+                 for k, v in expected.items()}
+    out = s.eval_step(params, global_batch(batch, shardings, expected))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  if sums is None:
+    raise ValueError(f'eval split {tasks.eval_split(config)!r} gave no full batch of {eb}')
+  return s.task.summarize({k: float(v) for k, v in jax.device_get(sums).items()})
+
+
+def train_and_evaluate(config: Any, workdir: str, *,
+                       optimizer: optim.OptimizerFactory | optax.GradientTransformation | None = None,
+                       lr_multipliers: Any = None,
+                       params_transform: Callable[[Any, Any], Any] | None = None,
+                       train_loader: Any = None, eval_loader: Any = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates.
+
+  Args:
+    config: ConfigDict as in `configs/lm.py` / `configs/vit.py`.
+    workdir: run directory: checkpoints/, metrics.jsonl, tb/ (TensorBoard).
+    optimizer: replaces `make_optimizer`: a GradientTransformation or
+      `fn(config, specs, schedule) -> GradientTransformation` (e.g. muP).
+    lr_multipliers: per-leaf update multipliers for the default optimizer.
+    params_transform: `fn(params, specs) -> params`, applied (sharded, under
+      jit) to freshly initialised or init_from params, e.g. a muP rescale.
+    train_loader / eval_loader: replace the configured data (grain loaders
+      following the `hyperinit.data` contract).
+
+  Returns:
+    {'step', 'preempted', 'train' (last logged metrics), 'eval', 'state'}.
+
+  Raises:
+    FloatingPointError: the loss or gradient norm became non-finite; the
+      newest checkpoint on disk is from before that.
+    CheckpointError: the workdir's checkpoint cannot be restored or does
+      not fit the config (nothing is overwritten).
+  """
+  metrics_lib.quiet_libraries()
+  os.makedirs(workdir, exist_ok=True)
+  ck = config.checkpoint
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=int(ck.every),
+                               keep=int(ck.keep), async_save=bool(ck.async_save))
+  resume_step = ck.get('restore_step') if ck.get('restore_step') is not None else ckpt.latest_step()
+  # The model: from config.model, or the one recorded by init_from / our own checkpoint.
+  base_cfg, hf_params = None, None
+  if config.model.name == 'init_from':
+    if resume_step is not None:
+      base_cfg = models.config_from_dict(ckpt.meta(resume_step)['model_config'])
+    elif config.init_from:
+      base_cfg, hf_params = _init_from_config(config.init_from)
+    else:
+      raise ValueError("config.model.name='init_from' needs config.init_from")
+  model_cfg = tasks.resolve_model_config(config, base_cfg)
+  s = setup(config, model_cfg=model_cfg, optimizer=optimizer, lr_multipliers=lr_multipliers)
+  meta = ckpt_lib.run_meta(model_cfg, s.specs, config, s.mesh)
+  logging.info('model %s: %d params; mesh %s; %d of %d param leaves sharded',
+               type(model_cfg).__name__, spec_lib.count(s.shapes), dict(s.mesh.shape),
+               sum(any(a in p for a in sharding.MESH_AXES)
+                   for p in sharding.describe(s.shardings.params).values()),
+               len(jax.tree.leaves(s.shapes)))
+  logging.vlog(1, 'param shardings: %s', sharding.describe(s.shardings.params))
+
+  seed = int(config.seed)
+  loader = train_loader or tasks.make_loader(config, s.task, config.data.train_split, train=True,
+                                             seed=seed)
+  data_iter = iter(loader)
+  target = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
+  if resume_step is not None:
+    saved = ckpt.meta(resume_step)
+    diff = _arch_diff(models.config_from_dict(saved['model_config']), model_cfg)
+    if diff:
+      raise ckpt_lib.CheckpointError(
+          f'checkpoint {ckpt.directory / str(resume_step)} was written for another model: '
+          f'{diff} (saved, config); use a new workdir')
+    # Our loaders shard by rows of one global stream: their state fits any process count.
+    ours = train_loader is None
+    reset_data = bool(ck.get('reset_data')) and not ckpt.data_state_available(resume_step, ours)
+    state, _ = ckpt.restore(target, resume_step, None if reset_data else data_iter,
+                            data_any_process_count=ours)
+    if reset_data:
+      logging.warning('data iterator state not restorable; starting a fresh one')
+      data_iter = iter(tasks.make_loader(config, s.task, config.data.train_split, train=True,
+                                         seed=seed + resume_step))
+    logging.info('resumed from %s at step %d', ckpt.directory, int(state.step))
+  else:
+    init_params = lambda k: spec_lib.unbox(models.init_boxed(model_cfg, k))
+    rng = jax.random.key(seed)
+    if config.init_from:
+      params = load_init_params(config.init_from, model_cfg, s.shardings.params, hf_params)
+      if params_transform is not None:
+        params = jax.jit(lambda p: params_transform(p, s.specs),
+                         out_shardings=s.shardings.params)(params)
+      state = step_lib.state_from_params(params, s.tx, rng, s.shardings)
+      logging.info('initialised params from %s', config.init_from)
+    else:
+      if params_transform is not None:
+        init_params = (lambda f: lambda k: params_transform(f(k), s.specs))(init_params)
+      state = step_lib.init_state(init_params, s.tx, rng, s.shardings)
+  start = int(state.step)
+  return _loop(config, workdir, s, state, start, data_iter, ckpt, meta, eval_loader)
+
+
+def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader):
+  total = int(config.num_train_steps)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  gb = int(config.batch_size)
+  progress = metrics_lib.Progress(start, total, gb * s.task.units_per_example, s.task.unit)
+  watcher = distributed.PreemptionWatcher(int(config.checkpoint.preemption_sync_every))
+  expected = s.task.batch_shapes(gb)
+  log_every, eval_every = int(config.log_every), int(config.eval_every)
+  window, health, n_window, last_check = None, None, 0, start
+  train_scalars, eval_scalars, preempted = {}, {}, False
+
+  def check_health(step):
+    nonlocal health, last_check
+    if health is not None and not np.isfinite(float(health)):
+      ckpt.wait()
+      raise FloatingPointError(
+          f'non-finite loss or gradient norm between steps {last_check + 1} and {step}; '
+          f'training stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in '
+          f'{ckpt.directory}. Lower the learning rate or enable optimizer.grad_clip_norm, then '
+          'rerun to resume from it.')
+    health, last_check = None, step
+
+  try:
+    if start == 0 and config.eval_every > 0 and config.get('eval_at_start'):
+      eval_scalars = evaluate(s, config, state.params, eval_loader)
+      writer.write(0, 'eval', eval_scalars)
+    for step in range(start + 1, total + 1):
+      try:
+        batch = next(data_iter)
+      except StopIteration:
+        raise ValueError(f'training data ran out at step {step}') from None
+      state, m = s.train_step(state, global_batch(batch, s.batch_shardings, expected))
+      window = m if window is None else jax.tree.map(jnp.add, window, m)
+      n_window += 1
+      h = m['loss'] + m['grad_norm']
+      health = h if health is None else health + h
+      preempted = watcher.requested(step)
+      last = step == total
+      if step % log_every == 0 or last or preempted:
+        check_health(step)
+        train_scalars = {k: float(v) / n_window for k, v in jax.device_get(window).items()}
+        train_scalars['learning_rate'] = float(s.schedule(step - 1))
+        line, rates = progress.line(step, {k: train_scalars[k] for k in ('loss', 'grad_norm')})
+        logging.info(line)
+        writer.write(step, 'train', {**train_scalars, **rates})
+        window, n_window = None, 0
+      if eval_every > 0 and (step % eval_every == 0 or last):
+        eval_scalars = evaluate(s, config, state.params, eval_loader)
+        logging.info('eval at step %d: %s', step,
+                     ', '.join(f'{k} {v:.4g}' for k, v in eval_scalars.items()))
+        writer.write(step, 'eval', eval_scalars)
+      if last or preempted or ckpt.manager.should_save(step):
+        check_health(step)
+        ckpt.save(step, state, data_iter, meta, force=last or preempted)
+      if preempted:
+        logging.warning('preempted: saved step %d to %s; rerun the same command to resume',
+                        step, ckpt.directory)
+        break
+    writer.flush()
+    ckpt.wait()
+  finally:
+    watcher.close()
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  return {'step': int(state.step), 'preempted': preempted, 'train': train_scalars,
+          'eval': eval_scalars, 'state': state}

@@ -1,0 +1,143 @@
+"""Checkpoints: restore onto another mesh / device count, clear errors, nothing overwritten."""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import hashlib
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import lm as lm_configs
+from hyperinit import checkpoint, models
+from hyperinit.train import loop, step as step_lib
+
+
+def _config(steps=6, **mesh):
+  cfg = lm_configs.get_config('tiny')
+  cfg.data.dataset = 'synthetic'
+  cfg.data.seq_len = 32
+  cfg.batch_size = 16
+  cfg.num_train_steps = steps
+  cfg.optimizer.warmup_steps = 2
+  cfg.optimizer.decay_steps = 20
+  cfg.log_every, cfg.eval_every = 3, 0
+  cfg.checkpoint.every = 3
+  for k in ('data', 'fsdp', 'tensor'):
+    cfg.mesh[k] = mesh.get(k, 1)
+  return cfg
+
+
+def _tree_digest(root):
+  """{relative path: sha1} of every file under root."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, 'rb') as fh:
+        out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope='module')
+def fsdp_run(tmp_path_factory):
+  """6 FSDP steps on 8 devices, checkpoints at 3 and 6."""
+  workdir = str(tmp_path_factory.mktemp('fsdp'))
+  out = loop.train_and_evaluate(_config(fsdp=-1), workdir)
+  return workdir, out
+
+
+def test_restore_onto_another_mesh_and_device_count(fsdp_run):
+  workdir, out = fsdp_run
+  saved = jax.device_get(out['state'])
+  config = _config(data=2, tensor=2)
+  s = loop.setup(config, devices=jax.devices()[:4])  # TP x DP on 4 of the 8 devices
+  ck = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  assert ck.all_steps() == [3, 6]
+  target = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
+  loader = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
+  state, it = ck.restore(target, data_iter=loader)
+  assert int(state.step) == 6
+  kernel = state.params['block_0']['mlp']['wi']['kernel']
+  assert kernel.sharding.spec == P(None, 'tensor') and len(kernel.sharding.device_set) == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), saved)
+  # the data iterator continues where the run stopped: batch 7 of a fresh iterator
+  batch7 = next(it)
+  np.testing.assert_array_equal(batch7['inputs'], next(iter_after_6(config, s))['inputs'])
+  # a data state written by another process count restores too (rows sharding: same meaning)
+  other = _copy(os.path.join(workdir, 'checkpoints'), os.path.join(workdir, '..', 'other_pc'))
+  os.rename(os.path.join(other, '6', 'data', 'process_0-of-1.json'),
+            os.path.join(other, '6', 'data', 'process_0-of-2.json'))
+  it2 = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
+  with pytest.raises(checkpoint.CheckpointError, match='no data-iterator state for process 0 of 1'):
+    checkpoint.Checkpointer(other, read_only=True).restore(target, data_iter=it2)
+  checkpoint.Checkpointer(other, read_only=True).restore(target, data_iter=it2,
+                                                         data_any_process_count=True)
+  np.testing.assert_array_equal(next(it2)['inputs'], next(iter_after_6(config, s))['inputs'])
+  # and training continues on the new mesh
+  state, m = s.train_step(state, loop.global_batch(batch7, s.batch_shardings,
+                                                   s.task.batch_shapes(16)))
+  assert np.isfinite(float(m['loss'])) and int(state.step) == 7
+
+
+def iter_after_6(config, s):
+  it = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
+  for _ in range(6):
+    next(it)
+  return it
+
+
+def test_load_params_rebuilds_the_model(fsdp_run):
+  workdir, out = fsdp_run
+  cfg, params = checkpoint.load_params(os.path.join(workdir, 'checkpoints', '3'))
+  assert cfg == models.get_config('gpt2-tiny')
+  tokens = np.zeros((1, 8), np.int32)
+  assert models.apply_fn(cfg)(params, tokens).shape == (1, 8, 256)
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint for step 4 .* \[3, 6\]'):
+    checkpoint.load_params(workdir, step=4)
+
+
+def _copy(src, dst):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(fsdp_run, tmp_path):
+  workdir = _copy(fsdp_run[0], tmp_path / 'run')
+  ckdir = os.path.join(workdir, 'checkpoints')
+  # Truncate the largest array-data file of step 6's params (a torn write).
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckdir, '6', 'params'))
+           for f in fs if os.sep + 'ocdbt.process_' in d]
+  victim = max(files, key=os.path.getsize)
+  with open(victim, 'r+b') as fh:
+    fh.truncate(os.path.getsize(victim) // 2)
+  before = _tree_digest(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match=r'checkpoints/6.*Nothing on disk was changed'):
+    loop.train_and_evaluate(_config(steps=9, fsdp=-1), workdir)
+  assert _tree_digest(workdir) == before
+
+
+def test_missing_pieces_are_clear_errors_and_nothing_is_overwritten(fsdp_run, tmp_path):
+  workdir = _copy(fsdp_run[0], tmp_path / 'run')
+  ckdir = os.path.join(workdir, 'checkpoints')
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(ckdir, '6', 'opt_state'))
+  before = _tree_digest(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match=r"incomplete: items \['opt_state'\]"):
+    loop.train_and_evaluate(_config(steps=9, fsdp=-1), workdir)
+  cfg = _config(steps=9, fsdp=-1)
+  cfg.checkpoint.restore_step = 5
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint for step 5'):
+    loop.train_and_evaluate(cfg, workdir)
+  wrong = _config(steps=9, fsdp=-1)
+  wrong.model.num_layers = 3
+  wrong.checkpoint.restore_step = 3
+  with pytest.raises(checkpoint.CheckpointError, match=r"another model: \{'num_layers': \(2, 3\)"):
+    loop.train_and_evaluate(wrong, workdir)
+  assert _tree_digest(workdir) == before
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    checkpoint.load_params(tmp_path / 'nowhere')

@@ -1,0 +1,49 @@
+"""Coordinate check (Tensor Programs V, Sec. D.1) as a test: muP is flat in width, SP is not.
+
+Small on purpose (3 widths, 3 steps; seeds are vmapped, so they are nearly free);
+`experiments/coord_check.py`
+runs the full version (widths up to 2048 for the MLP) and plots it.
+"""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import numpy as np
+
+from hyperinit.mup import coord
+
+SEEDS = tuple(range(8))
+
+
+def _assert_flat(res, tol=0.1):
+  for layer, s in res.slopes().items():
+    for t in (1, 2):                       # t = 2 and t = 3 (after 1 and 2 updates)
+      assert abs(s[t]) <= tol, f'{layer} slope {s[t]:+.3f} at t={t + 1}\n{res.table()}'
+
+
+def test_mlp_coordinate_check():
+  widths = (64, 256, 1024)
+  mup_adam = coord.coord_check(coord.mlp_setup('mup', 'adam', 0.01), widths, seeds=SEEDS)
+  mup_sgd = coord.coord_check(coord.mlp_setup('mup', 'sgd', 1.0), widths, seeds=SEEDS)
+  sp_adam = coord.coord_check(coord.mlp_setup('sp', 'adam', 0.01), widths, seeds=SEEDS)
+  _assert_flat(mup_adam)
+  _assert_flat(mup_sgd)
+  # Zero-initialised readout: exactly 0 at t=1, Theta(1) after an update.
+  assert np.all(mup_adam.acts['readout'][0] == 0) and np.all(mup_adam.acts['readout'][1] > 0.01)
+  sp = sp_adam.slopes()
+  assert np.all(sp['readout'][1:] >= 0.5), sp_adam.table()     # SP logits blow up with width
+  assert np.all(sp['hidden_1'][1:] >= 0.3), sp_adam.table()
+
+
+def test_transformer_coordinate_check():
+  widths = (64, 128, 256)
+  kw = dict(batch=2, seq_len=16, tie_embeddings=False)
+  mup_adam = coord.coord_check(coord.transformer_setup('mup', 'adam', 0.01, **kw), widths,
+                               seeds=SEEDS)
+  # SP's growth is large: two widths show it.
+  sp_adam = coord.coord_check(coord.transformer_setup('sp', 'adam', 0.01, **kw), (64, 256),
+                              seeds=SEEDS[:2])
+  assert len(mup_adam.acts) >= 20          # every embedding, projection, norm, block, logits
+  _assert_flat(mup_adam)
+  assert np.all(sp_adam.slopes()['output'][1:] >= 0.5), sp_adam.table()
