@@ -141,3 +141,18 @@ def test_missing_pieces_are_clear_errors_and_nothing_is_overwritten(fsdp_run, tm
   assert _tree_digest(workdir) == before
   with pytest.raises(FileNotFoundError, match='does not exist'):
     checkpoint.load_params(tmp_path / 'nowhere')
+
+
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  # orbax rejects relative paths; `--workdir=workdir/run` is what users type.
+  monkeypatch.chdir(tmp_path)
+  state = step_lib.TrainState(step=np.int32(3), params={'w': np.arange(4.0, dtype=np.float32)},
+                              opt_state={'m': np.zeros(4, np.float32)}, rng=jax.random.key_data(
+                                  jax.random.key(0)))
+  ck = checkpoint.Checkpointer('rel/checkpoints', save_every=1)
+  assert ck.save(3, state, force=True)
+  ck.close()
+  assert os.path.isdir(tmp_path / 'rel' / 'checkpoints' / '3')
+  restored, _ = checkpoint.Checkpointer('rel/checkpoints', read_only=True).restore(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state))
+  np.testing.assert_array_equal(restored.params['w'], state.params['w'])
