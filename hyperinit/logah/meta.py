@@ -14,7 +14,7 @@ targets tokens[:, 1:]); a group may mix both kinds.
 
 Recipe (METHODS.md §3): loss = mean over targets of (task loss + l2 * ||predicted
 params||_2); AdamW with grad clipping at 5, linear warm-up then cosine decay; an
-EMA (0.999) of the GHN params is kept for evaluation.
+EMA (0.999; optionally warmed up) of the GHN params is kept for evaluation.
 """
 
 from __future__ import annotations
@@ -44,16 +44,22 @@ class MetaConfig:
   end_lr_frac: float = 0.01
   clip: float = 5.0             # global-norm gradient clipping
   ema: float = 0.999            # EMA decay of the GHN params (0 disables)
+  ema_warmup: bool = False      # decay min(ema, (1 + t) / (10 + t)) at update t (TF-style), so
+                                # short runs are not dominated by the initial params
   l2: float = 3e-5              # weight of the global L2 norm of predicted params
 
 
-def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
+def make_schedule(mc: MetaConfig) -> optax.Schedule:
+  """Learning rate of update `count` (0-based): linear warm-up, then cosine decay."""
   base = optax.warmup_cosine_decay_schedule(
       0.0, mc.lr, mc.warmup_steps, max(mc.total_steps, mc.warmup_steps + 1),
       end_value=mc.lr * mc.end_lr_frac)
-  schedule = lambda count: base(count + 1)  # the first step already has lr = peak / warmup
+  return lambda count: base(count + 1)  # the first step already has lr = peak / warmup
+
+
+def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(mc.clip),
-                     optax.adamw(schedule, weight_decay=mc.weight_decay))
+                     optax.adamw(make_schedule(mc), weight_decay=mc.weight_decay))
 
 
 def init_state(ghn_cfg: ghn_lib.GHNConfig, mc: MetaConfig, rng: jax.Array) -> dict[str, Any]:
@@ -117,8 +123,11 @@ def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str,
   tx = make_optimizer(meta_cfg)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  d = meta_cfg.ema
-  ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state['ema'], params)
+  d = jnp.asarray(meta_cfg.ema, jnp.float32)
+  if meta_cfg.ema_warmup:
+    t = (state['step'] + 1).astype(jnp.float32)
+    d = jnp.minimum(d, (1 + t) / (10 + t))
+  ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), state['ema'], params)
   metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   new = {'step': state['step'] + 1, 'params': params, 'ema': ema, 'opt_state': opt_state}
   return new, metrics

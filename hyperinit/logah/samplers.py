@@ -82,6 +82,29 @@ def num_params(cfg: ModelConfig) -> int:
   return total
 
 
+def build_config(spec: PoolSpec, depth: int, width: int, heads: int,
+                 patch_size: int | None = None, mlp_dim: int | None = None) -> ModelConfig:
+  """One architecture of a pool's kind and task (e.g. a held-out target wider than the pool).
+
+  The task fields (image size / channels / classes, or vocabulary / max_len /
+  tying) come from `spec`; patch_size defaults to the first of spec.patch_sizes,
+  mlp_dim to spec.mlp_ratio * width.
+  """
+  common = dict(num_layers=int(depth), embed_dim=int(width), num_heads=int(heads),
+                mlp_dim=int(mlp_dim or spec.mlp_ratio * width))
+  if spec.kind == 'vit':
+    return ViTConfig(image_size=spec.image_size, num_channels=spec.num_channels,
+                     num_classes=spec.num_classes,
+                     patch_size=int(patch_size or spec.patch_sizes[0]), **common)
+  if spec.kind == 'gpt':
+    if patch_size is not None:
+      raise ValueError(f'patch_size={patch_size} given for a gpt pool')
+    return TransformerConfig(**{**FAMILIES['gpt2'], 'vocab_size': spec.vocab_size,
+                                'max_len': spec.max_len, 'tie_embeddings': spec.tie_embeddings,
+                                **common})
+  raise ValueError(f'unknown pool kind {spec.kind!r}; expected vit or gpt')
+
+
 def _one(spec: PoolSpec, rng: np.random.Generator) -> ModelConfig:
   depth = int(rng.integers(spec.depths[0], spec.depths[1] + 1))
   lo, hi = next((lo, hi) for min_d, lo, hi in spec.widths if depth >= min_d)
@@ -89,17 +112,9 @@ def _one(spec: PoolSpec, rng: np.random.Generator) -> ModelConfig:
   heads = [h for h in spec.heads if width % h == 0]
   if not heads:
     raise ValueError(f'no head count in {spec.heads} divides width {width}')
-  common = dict(num_layers=depth, embed_dim=width, num_heads=int(rng.choice(heads)),
-                mlp_dim=spec.mlp_ratio * width)
-  if spec.kind == 'vit':
-    return ViTConfig(image_size=spec.image_size, num_channels=spec.num_channels,
-                     num_classes=spec.num_classes, patch_size=int(rng.choice(spec.patch_sizes)),
-                     **common)
-  if spec.kind == 'gpt':
-    return TransformerConfig(**{**FAMILIES['gpt2'], 'vocab_size': spec.vocab_size,
-                                'max_len': spec.max_len, 'tie_embeddings': spec.tie_embeddings,
-                                **common})
-  raise ValueError(f'unknown pool kind {spec.kind!r}; expected vit or gpt')
+  num_heads = int(rng.choice(heads))
+  patch = int(rng.choice(spec.patch_sizes)) if spec.kind == 'vit' else None
+  return build_config(spec, depth, width, num_heads, patch)
 
 
 def sample_configs(pool: str | PoolSpec, n: int, seed: int, unique: bool = False) -> list[ModelConfig]:

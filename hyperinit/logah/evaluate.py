@@ -1,0 +1,111 @@
+"""Fine-tuning comparisons: one target, one optimizer, one data order, different inits.
+
+    ft = Finetuner(config.finetune, target)             # the trainer's setup, built once
+    curve = ft.run(params, seed=0)
+    # [{'step': 0, 'loss': 2.31, 'accuracy': 0.11}, {'step': 25, ...}, ...]
+    inits = init_params(target, seed, ghns={'logah': (ghn_cfg, ghn_params)})
+    # {'random': the model's own init, 'logah': predicted params}
+
+`config.finetune` is a trainer config (configs/ghn.py builds it from
+configs/common.py), so fine-tuning is the shared trainer's jitted, sharded
+train and eval steps (`hyperinit.train.setup`): AdamW with warm-up + cosine
+decay and weight decay on matrices, the trainer's data loaders, its eval sums.
+Every init of a comparison gets the same batches (the train loader seeded by
+`seed`) and the same eval batches, evaluated at step 0, at `eval_at`, every
+`eval_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from hyperinit import models, train
+from hyperinit.logah import ghn as ghn_lib
+from hyperinit.models.config import ModelConfig
+from hyperinit.train import tasks as train_tasks
+
+
+def eval_steps(f: Any) -> tuple[int, ...]:
+  """Steps after which a fine-tuning run is evaluated (always 0 and num_train_steps)."""
+  n = int(f.num_train_steps)
+  at = tuple(int(s) for s in f.eval_at)
+  if n < 1 or any(s < 0 or s > n for s in at):
+    raise ValueError(f'finetune.num_train_steps={n} must be >= 1 and every eval_at step in '
+                     f'[0, {n}]; got eval_at={at}')
+  steps = {0, n, *at}
+  if int(f.get('eval_every') or 0) > 0:
+    steps |= set(range(0, n + 1, int(f.eval_every)))
+  return tuple(sorted(steps))
+
+
+class Finetuner:
+  """The trainer's steps for one target; `run(params, seed)` fine-tunes from `params`.
+
+  Args:
+    f: the fine-tuning trainer config (`config.finetune` of configs/ghn.py).
+    target: the model config to fine-tune.
+    devices: devices of the mesh (default: the first `f.num_devices`, 0 = all).
+  """
+
+  def __init__(self, f: Any, target: ModelConfig, devices: Any = None):
+    self.f, self.target = f, target
+    if devices is None:
+      n = int(f.get('num_devices') or 0)
+      devices = jax.devices()[:n] if n > 0 else None
+    self.setup = train.setup(f, model_cfg=target, devices=devices)
+    self._eval_batches = None
+
+  def eval_batches(self) -> list[dict[str, np.ndarray]]:
+    """The first `f.eval_batches` batches of the eval split (fixed, shared by all inits)."""
+    if self._eval_batches is None:
+      loader = train_tasks.make_loader(self.f, self.setup.task, train_tasks.eval_split(self.f),
+                                       train=False, seed=0)
+      out = []
+      for batch in loader:
+        if 0 < int(self.f.eval_batches) <= len(out):
+          break
+        out.append(batch)
+      self._eval_batches = out
+    return self._eval_batches
+
+  def evaluate(self, params: Any) -> dict[str, float]:
+    return train.evaluate(self.setup, self.f, params, self.eval_batches())
+
+  def run(self, params: Any, seed: int) -> list[dict[str, float]]:
+    """Fine-tunes from `params` (not modified); returns eval rows {'step', 'loss', ...}."""
+    s, f = self.setup, self.f
+    points = set(eval_steps(f))
+    n, gb = int(f.num_train_steps), int(f.batch_size)
+    expected = s.task.batch_shapes(gb)
+    data_iter = iter(train_tasks.make_loader(f, s.task, f.data.train_split, train=True,
+                                             seed=seed))
+    state = train.state_from_params(params, s.tx, jax.random.key(seed), s.shardings)
+    rows, t0, loss = [], time.perf_counter(), float('nan')
+    for step in range(n + 1):
+      if step in points:
+        rows.append({'step': step, **self.evaluate(state.params)})
+      if step == n:
+        break
+      state, m = s.train_step(state, train.global_batch(next(data_iter), s.batch_shardings,
+                                                        expected))
+      loss = m['loss']
+    if not np.isfinite(float(loss)):
+      logging.warning('fine-tuning loss is %s after %d steps', float(loss), n)
+    logging.info('fine-tuned %s for %d steps in %.1fs; eval loss %s', type(self.target).__name__,
+                 n, time.perf_counter() - t0,
+                 ', '.join(f"{r['step']}: {r['loss']:.3f}" for r in rows))
+    return rows
+
+
+def init_params(target: ModelConfig, seed: int,
+                ghns: dict[str, tuple[ghn_lib.GHNConfig, dict]] | None = None) -> dict[str, Any]:
+  """{'random': the model's own init (seeded), name: GHN-predicted params for each GHN}."""
+  out = {'random': models.init_params(target, jax.random.key(seed))}
+  for name, (cfg, params) in (ghns or {}).items():
+    out[name] = ghn_lib.predict(cfg, params, target)
+  return out

@@ -1,0 +1,253 @@
+"""Meta-training a GHN on an architecture pool, with our data pipelines and orbax checkpoints.
+
+    from configs import ghn
+    result = train_ghn(ghn.get_config('vit_local'), workdir)   # resumes if workdir has checkpoints
+    ghn_cfg, params = result['ghn_config'], result['params']  # the EMA params by default
+    predicted = hyperinit.logah.predict(ghn_cfg, params, target)
+
+Each step takes the next fixed group of the pool (a seeded permutation of the
+groups per epoch, so the order depends only on the seed and the step), the next
+data batch, and runs `meta.meta_step` (one compile per group).  Every
+`eval_every` steps the EMA GHN predicts the pool's and the held-out targets'
+params, which are evaluated on fixed batches of the eval split.
+
+Workdir: `checkpoints/<step>/` (GHN params, optimizer + EMA state, step, data
+iterator; orbax, atomic, keep-N), `metrics.jsonl` (one JSON row per log / eval),
+and at the end `ghn/` (`saving.save_ghn`: what `experiments/predict.py
+--ghn_dir` reads).  SIGTERM saves a checkpoint at the next step and returns;
+rerunning the same command resumes, with the same result as an uninterrupted
+run (the data iterator position is restored).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+from absl import logging
+
+from hyperinit import checkpoint as ckpt_lib
+from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks
+from hyperinit.models.config import ModelConfig
+from hyperinit.train import distributed, metrics as metrics_lib
+from hyperinit.train.step import TrainState
+
+
+# XLA options for `fast_compile`: far shorter CPU compiles of the many small per-group
+# programs (measured ~2.5x), at the price of slower steps; for smoke runs and tests.
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+_COMPILED: dict[Any, Any] = {}
+
+
+def call_jitted(fn: Any, args: tuple, statics: dict[str, Any], fast: bool):
+  """fn(*args, **statics) for a jitted `fn`; with `fast`, compiled ahead of time with
+  FAST_COMPILE (cached per static arguments and input shapes, across runs of a process)."""
+  if not fast:
+    return fn(*args, **statics)
+  leaves, tree = jax.tree.flatten(args)
+  key = (fn, tuple(sorted(statics.items())), tree,
+         tuple((np.shape(x), str(x.dtype)) for x in leaves))
+  if key not in _COMPILED:
+    _COMPILED[key] = fn.lower(*args, **statics).compile(compiler_options=FAST_COMPILE)
+  return _COMPILED[key](*args)
+
+
+def group_order(num_groups: int, seed: int, step: int) -> int:
+  """Index of the group used at `step` (1-based): a seeded permutation per epoch of groups."""
+  epoch, pos = divmod(step - 1, num_groups)
+  perm = np.random.default_rng([int(seed), int(epoch)]).permutation(num_groups)
+  return int(perm[pos])
+
+
+@functools.partial(jax.jit, static_argnames=('ghn_cfg', 'targets'))
+def eval_group(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
+               ghn_cfg: ghn_lib.GHNConfig,
+               targets: tuple[ModelConfig, ...]) -> tuple[jax.Array, jax.Array]:
+  """(task loss [T], accuracy [T]) of each target with GHN-predicted params on `batch`."""
+  codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
+  losses, accs = [], []
+  for i, target in enumerate(targets):
+    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
+    loss, acc = meta.task_loss(target, predicted, batch)
+    losses.append(loss)
+    accs.append(acc)
+  return jnp.stack(losses), jnp.stack(accs)
+
+
+def evaluate(ghn_cfg: ghn_lib.GHNConfig, params: dict,
+             groups: list[tuple[ModelConfig, ...]], batches: list[dict[str, np.ndarray]],
+             named: dict[str, ModelConfig] | None = None,
+             fast_compile: bool = False) -> dict[str, float]:
+  """Mean loss / accuracy of the predicted params over `batches` (fixed eval batches).
+
+  Returns {'pool_loss', 'pool_accuracy'} (mean over every architecture of
+  `groups`) and, for each entry of `named`, '<name>/loss' and '<name>/accuracy'.
+  """
+  out: dict[str, float] = {}
+  mb = [tasks.meta_batch(b) for b in batches]
+
+  def run(group):
+    graphs = meta.batch_for(group)
+    ls = [call_jitted(eval_group, (params, graphs, b), dict(ghn_cfg=ghn_cfg, targets=group),
+                      fast_compile) for b in mb]
+    loss, acc = jax.device_get((jnp.mean(jnp.stack([l for l, _ in ls]), 0),
+                                jnp.mean(jnp.stack([a for _, a in ls]), 0)))
+    return loss, acc
+
+  pool = [run(g) for g in groups]
+  out['pool_loss'] = float(np.mean(np.concatenate([l for l, _ in pool])))
+  out['pool_accuracy'] = float(np.mean(np.concatenate([a for _, a in pool])))
+  for name, target in (named or {}).items():
+    loss, acc = run((target,))
+    out[f'{name}/loss'], out[f'{name}/accuracy'] = float(loss[0]), float(acc[0])
+  return out
+
+
+def to_train_state(state: dict[str, Any], rng: jax.Array) -> TrainState:
+  """The meta-state as the trainer's TrainState (what `checkpoint.Checkpointer` saves).
+
+  The EMA of the GHN params travels with the optimizer state:
+  opt_state = {'adamw': the optax state, 'ema': the EMA params}.
+  """
+  return TrainState(step=state['step'], params=state['params'],
+                    opt_state={'adamw': state['opt_state'], 'ema': state['ema']}, rng=rng)
+
+
+def from_train_state(ts: TrainState) -> dict[str, Any]:
+  return {'step': ts.step, 'params': ts.params, 'ema': ts.opt_state['ema'],
+          'opt_state': ts.opt_state['adamw']}
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _eval_params(config: Any, state: dict) -> dict:
+  which = config.get('eval_params', 'ema')
+  if which not in ('ema', 'params'):
+    raise ValueError(f"config.eval_params={which!r}; expected 'ema' or 'params'")
+  return state[which]
+
+
+def train_ghn(config: Any, workdir: str, *,
+              on_step: Callable[[int, dict[str, Any]], None] | None = None,
+              stop_at: int | None = None) -> dict[str, Any]:
+  """Meta-trains a GHN as `config` says (configs/ghn.py), in `workdir`, resuming if possible.
+
+  Args:
+    config: a single-pool config of configs/ghn.py.
+    workdir: run directory (checkpoints/, metrics.jsonl, ghn/).
+    on_step: called as on_step(step, metrics) after every step (metrics are
+      device arrays; e.g. a notebook's live plot, or a test that sends SIGTERM).
+    stop_at: save and return after this step (a time-sliced run); None: num_steps.
+
+  Returns:
+    {'step', 'preempted', 'done', 'train' (last logged means), 'eval' (last eval),
+     'ghn_config', 'params' (the EMA or raw GHN params, config.eval_params),
+     'state' (step, params, ema, opt_state)}.
+  """
+  metrics_lib.quiet_libraries()
+  os.makedirs(workdir, exist_ok=True)
+  ghn_cfg, meta_cfg = tasks.ghn_config(config), tasks.meta_config(config)
+  pool, groups = tasks.make_pool(config)
+  held_out = tasks.targets(config) if config.get('eval_targets', True) else {}
+  total, seed = int(config.num_steps), int(config.seed)
+  stop = total if stop_at is None else min(int(stop_at), total)
+  logging.info('GHN %s: %d params; pool %s: %d architectures in %d groups of %d; %d steps',
+               ghn_cfg.decoder, ghn_lib.count_params(ghn_cfg), config.pool.name, len(pool),
+               len(groups), int(config.pool.meta_batch), total)
+
+  ck = config.checkpoint
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=int(ck.every),
+                               keep=int(ck.keep), async_save=bool(ck.async_save))
+  loader = tasks.data_loader(config, config.data.train_split, train=True, seed=seed,
+                             batch_size=int(config.data.batch_size))
+  data_iter = iter(loader)
+  run_meta = {'ghn_config': json.loads(ghn_cfg.to_json()),
+              'config': json.loads(config.to_json_best_effort())}
+  rng = jax.random.key_data(jax.random.key(seed))  # unused by the meta-step; the trainer's field
+  state = meta.init_state(ghn_cfg, meta_cfg, jax.random.key(seed))
+  start = ckpt.latest_step()
+  if start is not None:
+    ts, _ = ckpt.restore(_abstract(to_train_state(state, rng)), start, data_iter)
+    state = from_train_state(ts)
+    logging.info('resumed from %s at step %d', ckpt.directory, start)
+  start = int(state['step'])
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  watcher = distributed.PreemptionWatcher()
+  graphs = {}  # group index -> padded graph batch (numpy)
+  eval_data = None
+  log_every, eval_every = int(config.log_every), int(config.eval_every)
+  window, n_window, train_scalars, eval_scalars, preempted = None, 0, {}, {}, False
+  progress = metrics_lib.Progress(start, total, int(config.pool.meta_batch), 'archs')
+  schedule = meta.make_schedule(meta_cfg)
+  fast = bool(config.get('fast_compile', False))
+
+  def run_eval(step):
+    nonlocal eval_data
+    eval_data = eval_data or tasks.eval_batches(config)
+    scalars = evaluate(ghn_cfg, _eval_params(config, state), groups, eval_data, held_out, fast)
+    logging.info('eval at step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()))
+    writer.write(step, 'eval', scalars)
+    return scalars
+
+  try:
+    if start == 0 and eval_every > 0:
+      eval_scalars = run_eval(0)
+    for step in range(start + 1, stop + 1):
+      gi = group_order(len(groups), seed, step)
+      if gi not in graphs:
+        graphs[gi] = meta.batch_for(groups[gi])
+      batch = tasks.meta_batch(next(data_iter))
+      state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch),
+                             dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
+      m = {k: v for k, v in m.items() if k != 'task_losses'}
+      window = m if window is None else jax.tree.map(jnp.add, window, m)
+      n_window += 1
+      if on_step is not None:
+        on_step(step, m)
+      preempted = watcher.requested(step)
+      last = step == stop
+      if step % log_every == 0 or last or preempted:
+        train_scalars = {k: float(v) / n_window for k, v in jax.device_get(window).items()}
+        if not math.isfinite(train_scalars['loss']):
+          raise FloatingPointError(f'non-finite meta-loss by step {step}; last good checkpoint: '
+                                   f'step {ckpt.latest_step()} in {ckpt.directory}')
+        train_scalars['learning_rate'] = float(schedule(step - 1))
+        window, n_window = None, 0
+        line, rates = progress.line(step, {k: train_scalars[k] for k in ('loss', 'task_loss',
+                                                                          'accuracy')})
+        logging.info(line)
+        writer.write(step, 'train', {**train_scalars, **rates})
+      if (eval_every > 0 and step % eval_every == 0) or step == total:
+        eval_scalars = run_eval(step)
+      if last or preempted or ckpt.manager.should_save(step):
+        ckpt.save(step, to_train_state(state, rng), data_iter, run_meta, force=last or preempted)
+      if preempted:
+        logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume', step,
+                        ckpt.directory)
+        break
+    writer.flush()
+    ckpt.wait()
+    step = int(state['step'])
+    done = step == total
+    ghn_dir = os.path.join(workdir, 'ghn')
+    if done and not os.path.exists(os.path.join(ghn_dir, 'ghn_config.json')):
+      shutil.rmtree(ghn_dir, ignore_errors=True)  # a save cut short (the JSON is written last)
+      saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
+  finally:
+    watcher.close()
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  return {'step': step, 'preempted': preempted, 'done': done, 'train': train_scalars,
+          'eval': eval_scalars, 'ghn_config': ghn_cfg, 'params': _eval_params(config, state),
+          'state': state}

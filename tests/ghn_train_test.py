@@ -1,0 +1,173 @@
+"""GHN meta-training: config plumbing, SIGTERM + resume, learning, and the smoke experiment.
+
+The smoke experiment (configs/ghn.py:experiment_smoke: 2 pools x {logah, ghn3} x 2 seeds, then
+fine-tuning) runs once per module; the other tests reuse its compiled programs (fast_compile
+caches them per process), so the module costs about one smoke run.
+"""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import json
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ghn as ghn_configs
+from hyperinit import models, spec
+from hyperinit.logah import experiment, ghn as ghn_lib, meta, saving, tasks, train
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))  # the embedded sets are built here on first use
+
+
+def _config(variant, data_dir):
+  cfg = ghn_configs.get_config(variant)
+  for c in (cfg.pools.values() if 'pools' in cfg else [cfg]):
+    c.data.data_dir = data_dir  # the fine-tuning config follows by reference
+  return cfg
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory, data_dir):
+  cfg = _config('experiment_smoke', data_dir)
+  workdir = str(tmp_path_factory.mktemp('smoke'))
+  return cfg, workdir, experiment.run(cfg, workdir)
+
+
+def test_config_plumbing(data_dir):
+  cfg = _config('vit_local', data_dir)
+  spec_ = tasks.pool_spec(cfg)
+  assert (spec_.image_size, spec_.num_channels, spec_.num_classes) == (8, 1, 10)  # from digits
+  t = tasks.parse_target('L6-D128-H4-P2', spec_)
+  assert (t.num_layers, t.embed_dim, t.num_heads, t.patch_size, t.mlp_dim) == (6, 128, 4, 2, 512)
+  assert tasks.parse_target('L2-D64-H4-M96', spec_).mlp_dim == 96
+  gpt = _config('gpt_local', data_dir)
+  t = tasks.targets(gpt)['L6-D128-H4']
+  assert (t.vocab_size, t.max_len, t.num_layers) == (256, 64, 6)
+  assert gpt.finetune.data.seq_len == 64 and gpt.finetune.task == 'lm'
+  with pytest.raises(ValueError, match='L<layers>'):
+    tasks.parse_target('6x128', spec_)
+  gpt.data.dataset = 'digits'
+  with pytest.raises(ValueError, match='is image'):
+    tasks.pool_spec(gpt)
+  # LM rows {'inputs', 'targets'} [B, T] -> tokens [B, T + 1].
+  chunk = np.arange(10).reshape(2, 5)
+  np.testing.assert_array_equal(
+      tasks.meta_batch({'inputs': chunk[:, :-1], 'targets': chunk[:, 1:]})['tokens'], chunk)
+  # Groups: a seeded permutation per epoch.
+  order = [train.group_order(3, 7, s) for s in range(1, 10)]
+  assert all(sorted(order[i:i + 3]) == [0, 1, 2] for i in (0, 3, 6))
+  assert order == [train.group_order(3, 7, s) for s in range(1, 10)]
+  for v in ghn_configs.VARIANTS:
+    ghn_configs.get_config(v)
+  with pytest.raises(ValueError, match='unknown ghn config'):
+    ghn_configs.get_config('vit_huge')
+
+
+def test_smoke_experiment_writes_every_row_table_and_plot(smoke_run, data_dir):
+  cfg, workdir, summary = smoke_run
+  rows = summary['rows']
+  inits = ('random', 'logah', 'ghn3')
+  for pool in ('vit', 'gpt'):
+    target = next(iter(tasks.targets(cfg.pools[pool])))
+    for init in inits:
+      for seed in (0, 1):
+        steps = [r['step'] for r in rows if (r['pool'], r['target'], r['init'], r['seed'])
+                 == (pool, target, init, seed)]
+        assert steps == [0, 5, 12], (pool, init, seed, steps)
+    # Every init has a row with a number in every column of the table.
+    table = open(os.path.join(workdir, 'results.md')).read()
+    section = table.split(f'**{pool}**')[1].split('**')[0]
+    for init in inits:
+      line = next(l for l in section.splitlines() if l.startswith(f'| {init} |'))
+      assert line.count('±') == 3 and '—' not in line, line
+    png = os.path.join(workdir, f'{pool}_{target}.png')
+    assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  assert len(rows) == 2 * 3 * 2 * 3
+  assert summary['table'] == open(os.path.join(workdir, 'results.md')).read()
+  # Independent check of the fine-tuning harness (trainer eval vs meta.task_loss): the step-0
+  # eval of the random init is the task loss of models.init_params(target, key(seed)).
+  pool_cfg = cfg.pools['vit']
+  name, target = next(iter(tasks.targets(pool_cfg).items()))
+  params = models.init_params(target, jax.random.key(1))
+  batches = tasks.eval_batches(pool_cfg)
+  want = np.mean([float(meta.task_loss(target, params, tasks.meta_batch(b))[0]) for b in batches])
+  got = next(r['loss'] for r in rows if (r['pool'], r['target'], r['init'], r['seed'], r['step'])
+             == ('vit', name, 'random', 1, 0))
+  assert got == pytest.approx(want, rel=1e-4)
+  # Each GHN was exported and predicts its target's exact tree.
+  ghn_cfg, ghn_params = saving.load_ghn(os.path.join(workdir, 'vit', 'ghn3_s0', 'ghn'))
+  assert ghn_cfg.decoder == 'ghn3'
+  spec.check_tree(ghn_lib.predict(ghn_cfg, ghn_params, target), models.param_specs(target))
+  # A rerun finds everything done and only rewrites the report.
+  again = experiment.run(cfg, workdir)
+  assert len(again['rows']) == len(rows)
+
+
+def test_meta_training_lowers_held_out_meta_loss(smoke_run):
+  """LoGAH on the tiny GPT pool: eval loss of the predicted params on held-out text drops."""
+  _, workdir, _ = smoke_run
+  for seed in (0, 1):
+    path = os.path.join(workdir, 'gpt', f'logah_s{seed}', 'metrics.jsonl')
+    evals = [r for r in map(json.loads, open(path)) if r['split'] == 'eval']
+    first, last = evals[0], evals[-1]
+    assert (first['step'], last['step']) == (0, 40)
+    # Measured 5.62 -> 4.83 nats (uniform over 256 bytes: 5.55): a real fit, not noise.
+    assert last['pool_loss'] < first['pool_loss'] - 0.3, (first, last)
+    assert last['L2-D32-H2/loss'] < first['L2-D32-H2/loss'] - 0.3  # the held-out target too
+
+
+def _state_leaves(result):
+  s = result['state']
+  return [np.asarray(x) for x in jax.tree.leaves((s['step'], s['params'], s['ema'],
+                                                  s['opt_state']))]
+
+
+def test_sigterm_then_resume_equals_uninterrupted(smoke_run, tmp_path, data_dir):
+  del smoke_run  # only for its compiled programs
+  cfg = _config('smoke', data_dir)
+  cfg.eval_every = 0  # evaluate only at the end (step 40): not reached here
+  straight = train.train_ghn(cfg, str(tmp_path / 'a'), stop_at=6)
+  assert (straight['step'], straight['done'], straight['preempted']) == (6, False, False)
+
+  def kill_at_3(step, metrics):
+    del metrics
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  cut = train.train_ghn(cfg, str(tmp_path / 'b'), on_step=kill_at_3)
+  assert (cut['step'], cut['preempted']) == (3, True)
+  assert sorted(int(p) for p in os.listdir(tmp_path / 'b' / 'checkpoints') if p.isdigit()) == [3]
+  resumed = train.train_ghn(cfg, str(tmp_path / 'b'), stop_at=6)
+  assert resumed['step'] == 6
+  a, b = _state_leaves(straight), _state_leaves(resumed)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  # metrics.jsonl holds each step once.
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'b' / 'metrics.jsonl')]
+  assert len(steps) == len(set(steps))
+
+
+def test_ema_warmup_closed_form(smoke_run, data_dir):
+  del smoke_run
+  cfg = _config('smoke', data_dir)
+  ghn_cfg, meta_cfg = tasks.ghn_config(cfg), tasks.meta_config(cfg)
+  assert meta_cfg.ema_warmup and meta_cfg.ema == 0.999
+  _, groups = tasks.make_pool(cfg)
+  state = meta.init_state(ghn_cfg, meta_cfg, jax.random.key(0))
+  before = jax.tree.map(np.array, state['params'])
+  loader = tasks.data_loader(cfg, 'train', train=True, seed=0, batch_size=cfg.data.batch_size)
+  batch = tasks.meta_batch(next(iter(loader)))
+  state, _ = train.call_jitted(meta.meta_step, (state, meta.batch_for(groups[0]), batch),
+                               dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[0]), True)
+  d = 2 / 11  # min(0.999, (1 + t) / (10 + t)) at update t = 1
+  for e, p0, p1 in zip(jax.tree.leaves(state['ema']), jax.tree.leaves(before),
+                       jax.tree.leaves(state['params'])):
+    np.testing.assert_allclose(e, d * p0 + (1 - d) * np.asarray(p1), rtol=1e-5, atol=1e-7)
