@@ -286,6 +286,9 @@ def test_sweep_summary_argmins_shifts_edges_and_divergence():
   assert 'SP: best log2 LR moves by -4 from width 64 to 512 (per seed: -4, -4)' in text
   assert 'diverged log2 LRs: w512: -6, -5' in text
   assert 'muP: best log2 LR moves by 0' in text
+  grid = sweep_report.grid_table(pts).splitlines()
+  assert grid[0] == '| | -12 | -11 | -10 | -9 | -8 | -7 | -6 | -5 |'
+  assert grid[4] == ('| SP 512 | **3.010** | 3.110 | 3.210 | 3.310 | 3.410 | 3.510 | div | div |')
 
 
 def _tiny_sweep_config():

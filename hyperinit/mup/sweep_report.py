@@ -122,6 +122,21 @@ def table(summary: dict[str, Any]) -> str:
   return '\n'.join(rows)
 
 
+def grid_table(points: Sequence[dict]) -> str:
+  """Markdown table of the seed-mean held-out loss: a row per (parametrisation, width), a column
+  per log2 LR; the row's argmin in bold, 'div' where any seed diverged."""
+  lrs = sorted({p['log2_lr'] for p in points})
+  rows = ['| | ' + ' | '.join(f'{lr:g}' for lr in lrs) + ' |', '|' + ' --- |' * (1 + len(lrs))]
+  for param in [q for q in PARAMETRIZATIONS if any(p['param'] == q for p in points)]:
+    for w in sorted({p['width'] for p in points if p['param'] == param}):
+      curve = _curve(points, param, w)
+      best = _argmin(curve)
+      cells = ['' if lr not in curve else 'div' if not math.isfinite(curve[lr]) else
+               f'**{curve[lr]:.3f}**' if lr == best else f'{curve[lr]:.3f}' for lr in lrs]
+      rows.append(f'| {LABELS[param]} {w} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows)
+
+
 def plot(points: Sequence[dict], path: str, title: str = '') -> None:
   """Figure-1-style PNG: held-out loss vs log2 LR, one curve per width; SP and muP panels."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -152,6 +167,7 @@ def plot(points: Sequence[dict], path: str, title: str = '') -> None:
         ax.plot(best, curve[best], '*', color=c, ms=13, mec='k', mew=0.6)
     ax.set_title(LABELS[param])
     ax.set_xlabel('log2 learning rate')
+    ax.set_xticks(sorted({p['log2_lr'] for p in points}))
     ax.set_ylim(lo - 0.05, hi)
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel('validation loss (nats/token)')
@@ -172,6 +188,7 @@ def _atomic(path: str, write: Callable[[str], None], suffix: str = '') -> None:
   os.close(fd)
   try:
     write(tmp)
+    os.chmod(tmp, 0o644)   # mkstemp makes it 0600; results are for others to read
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -192,7 +209,8 @@ def write_outputs(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
   js = json.loads(json.dumps(summary))   # int keys -> str, as JSON has them
   write_json(os.path.join(workdir, 'results.json'), {**results, 'summary': js})
   write_json(os.path.join(workdir, 'summary.json'), js)
-  text = table(summary)
+  text = (table(summary) + '\n\nSeed-mean held-out loss (nats/token) per log2 learning rate:\n\n'
+          + grid_table(results['points']))
   def write_text(tmp):
     with open(tmp, 'w') as f:
       f.write(text + '\n')
