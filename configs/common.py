@@ -64,6 +64,8 @@ def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: floa
   m.tensor = 1
   m.rules = ''                    # rule overrides, e.g. 'embed:,mlp:tensor,batch:data+fsdp'
 
+  cfg.mup = mup()
+
   c = cfg.checkpoint = ml_collections.ConfigDict()
   c.every = 1000                  # save every N steps (and at the end and on SIGTERM)
   c.keep = 3                      # newest N checkpoints kept
@@ -71,3 +73,26 @@ def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: floa
   c.restore_step = P(int)         # resume from this step (None: the latest)
   c.reset_data = False            # allow resuming with a fresh data iterator (process count changed)
   c.preemption_sync_every = 10    # multi-process: agree on SIGTERM every N steps
+
+
+def mup() -> ml_collections.ConfigDict:
+  """config.mup: train under muP against a base model (hyperinit.mup.train, docs/mup.md)."""
+  u = ml_collections.ConfigDict()
+  u.enabled = False               # muP forward multipliers, init, per-leaf LR and eps
+  b = u.base = ml_collections.ConfigDict()  # the base (proxy) the hyper-parameters are tuned on
+  b.name = P(str)                 # None: the run's model; a preset; a checkpoint / HF dir
+  b.num_layers = P(int)           # base overrides on top of `name` (None: keep)
+  b.embed_dim = P(int)
+  b.num_heads = P(int)
+  b.num_kv_heads = P(int)
+  b.head_dim = P(int)
+  b.mlp_dim = P(int)
+  u.output_mult = P(float)        # logits x output_mult/m (None: the base's logits_mult)
+  u.attn_mult = P(float)          # attention x attn_mult/d_head (None: sqrt(base d_head), = SP)
+  u.embed_mult = P(float)         # input embedding multiplier; None: the base's
+  u.readout_init = 'zero'         # untied readout init: zero | base (base width's std) | keep
+  u.zero_query = False            # zero-initialise query projections (uniform attention at init)
+  u.wd_mode = 'width_invariant'   # AdamW decay lr*wd at every width | decoupled (lr*s*wd)
+  u.eps_mode = 'all'              # Adam eps / m on every width-dependent leaf | hidden | none
+  u.depth_alpha = P(float)        # depth transfer: branches x (L/L_base)^-alpha; None: off
+  return u

@@ -56,13 +56,15 @@ def _is_hf_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'config.json'))
 
 
-def _init_from_config(path: str) -> tuple[models.ModelConfig, Any]:
+def _init_from_config(path: str, with_params: bool = True) -> tuple[models.ModelConfig, Any]:
   """(model config recorded at `path`, HF params or None)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.init_from={path!r} does not exist')
   if _is_hf_dir(path):
-    from hyperinit.interop import load_hf  # pylint: disable=g-import-not-at-top
-    return load_hf(path)
+    from hyperinit import interop  # pylint: disable=g-import-not-at-top
+    if with_params:
+      return interop.load_hf(path)
+    return interop.config_from_hf(interop.read_config(path)), None
   root, step = ckpt_lib.resolve(path)
   meta = ckpt_lib.Checkpointer(root, read_only=True).meta(step)
   return models.config_from_dict(meta['model_config']), None
@@ -221,7 +223,10 @@ def train_and_evaluate(config: Any, workdir: str, *,
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates.
 
   Args:
-    config: ConfigDict as in `configs/lm.py` / `configs/vit.py`.
+    config: ConfigDict as in `configs/lm.py` / `configs/vit.py`.  With
+      `config.mup.enabled`, the model, init (or, for init_from params, a
+      function-preserving fold of the forward multipliers), optimizer and
+      checkpoint metadata follow muP (`hyperinit.mup.train`).
     workdir: run directory: checkpoints/, metrics.jsonl, tb/ (TensorBoard).
     optimizer: replaces `make_optimizer`: a GradientTransformation or
       `fn(config, specs, schedule) -> GradientTransformation` (e.g. muP).
@@ -247,17 +252,29 @@ def train_and_evaluate(config: Any, workdir: str, *,
                                keep=int(ck.keep), async_save=bool(ck.async_save))
   resume_step = ck.get('restore_step') if ck.get('restore_step') is not None else ckpt.latest_step()
   # The model: from config.model, or the one recorded by init_from / our own checkpoint.
+  saved_meta = ckpt.meta(resume_step) if resume_step is not None else None
+  saved_mup = (saved_meta or {}).get('mup')
   base_cfg, hf_params = None, None
   if config.model.name == 'init_from':
     if resume_step is not None:
-      base_cfg = models.config_from_dict(ckpt.meta(resume_step)['model_config'])
+      # A muP run records its model before muP's multipliers: muP is re-derived from it.
+      base_cfg = models.config_from_dict(saved_mup['target_config'] if saved_mup
+                                         else saved_meta['model_config'])
     elif config.init_from:
       base_cfg, hf_params = _init_from_config(config.init_from)
     else:
       raise ValueError("config.model.name='init_from' needs config.init_from")
   model_cfg = tasks.resolve_model_config(config, base_cfg)
+  mup_run = None
+  if saved_mup is not None or _mup_enabled(config):
+    optimizer, params_transform, mup_run = _mup_hooks(
+        config, model_cfg, saved_meta, base_cfg, optimizer, lr_multipliers, params_transform,
+        fresh_init_from=bool(config.init_from) and resume_step is None)
+    model_cfg = mup_run.model_cfg
   s = setup(config, model_cfg=model_cfg, optimizer=optimizer, lr_multipliers=lr_multipliers)
   meta = ckpt_lib.run_meta(model_cfg, s.specs, config, s.mesh)
+  if mup_run is not None:
+    meta['mup'] = mup_run.meta()   # multipliers, base and target configs: checked on resume
   logging.info('model %s: %d params; mesh %s; %d of %d param leaves sharded',
                type(model_cfg).__name__, spec_lib.count(s.shapes), dict(s.mesh.shape),
                sum(any(a in p for a in sharding.MESH_AXES)
@@ -271,8 +288,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   data_iter = iter(loader)
   target = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
   if resume_step is not None:
-    saved = ckpt.meta(resume_step)
-    diff = _arch_diff(models.config_from_dict(saved['model_config']), model_cfg)
+    diff = _arch_diff(models.config_from_dict(saved_meta['model_config']), model_cfg)
     if diff:
       raise ckpt_lib.CheckpointError(
           f'checkpoint {ckpt.directory / str(resume_step)} was written for another model: '
@@ -303,6 +319,33 @@ def train_and_evaluate(config: Any, workdir: str, *,
       state = step_lib.init_state(init_params, s.tx, rng, s.shardings)
   start = int(state.step)
   return _loop(config, workdir, s, state, start, data_iter, ckpt, meta, eval_loader)
+
+
+def _mup_enabled(config: Any) -> bool:
+  return bool(config.get('mup') is not None and config.mup.get('enabled'))
+
+
+def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multipliers,
+               params_transform, fresh_init_from: bool):
+  """(optimizer, params_transform, MupRun) for `config.mup` (hyperinit.mup.train).
+
+  Fresh params get muP init; init_from params keep their values, with the change
+  of forward multipliers folded into them (the loaded model's function is kept).
+  """
+  from hyperinit.mup import train as mup_train  # pylint: disable=g-import-not-at-top
+  if optimizer is not None or lr_multipliers is not None:
+    raise ValueError('config.mup.enabled builds the muP optimizer; do not pass optimizer= or '
+                     'lr_multipliers= as well')
+  run = mup_train.prepare(config, model_cfg, saved_meta=saved_meta)
+  if fresh_init_from:
+    source = init_from_cfg or _init_from_config(config.init_from, with_params=False)[0]
+    own = run.fold_transform(source)
+  else:
+    own = run.init_transform
+  if params_transform is not None:
+    user = params_transform
+    return run.optimizer, lambda p, specs: user(own(p, specs), specs), run
+  return run.optimizer, own, run
 
 
 def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader):

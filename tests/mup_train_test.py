@@ -1,0 +1,362 @@
+"""config.mup in the trainer (runs, checkpoints, init_from + muP, optimizer) and the LR sweep."""
+
+import json
+import math
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import lm as lm_configs
+from hyperinit import checkpoint, models, mup
+from hyperinit import spec as spec_lib
+from hyperinit.mup import train as mup_train
+from hyperinit.train import loop, metrics, optim
+
+
+def lm_config(steps=8, lr=1e-2, **model):
+  cfg = lm_configs.get_config('tiny')
+  cfg.data.dataset = 'synthetic'
+  cfg.data.seq_len, cfg.batch_size, cfg.num_train_steps = 32, 16, steps
+  cfg.optimizer.learning_rate, cfg.optimizer.warmup_steps = lr, 2
+  cfg.log_every, cfg.eval_every, cfg.eval_batches = 4, 0, 2
+  cfg.checkpoint.every, cfg.checkpoint.async_save = 4, False
+  for k, v in model.items():
+    cfg.model[k] = v
+  return cfg
+
+
+def _logits(cfg, params, tokens):
+  return np.asarray(models.apply_fn(cfg)(params, tokens))
+
+
+def _tokens(n=2, t=16, seed=3):
+  return jax.random.randint(jax.random.key(seed), (n, t), 0, 256)
+
+
+# --- a muP run, its checkpoint, resuming ------------------------------------------------
+
+def test_mup_run_trains_and_checkpoint_round_trips_multipliers(tmp_path):
+  workdir = str(tmp_path / 'run')
+  cfg = lm_config(embed_dim=128, mlp_dim=512, tie_embeddings=False)   # 4 heads: head_dim 32
+  cfg.eval_every, cfg.eval_at_start = 8, True
+  cfg.mup.enabled = True
+  cfg.mup.base.embed_dim, cfg.mup.base.mlp_dim = 64, 256              # head_dim 16 at base
+  out = loop.train_and_evaluate(cfg, workdir)
+  rows = metrics.read_jsonl(workdir)
+  evals = [r['loss'] for r in rows if r['split'] == 'eval']
+  # zero-initialised readout: uniform logits at step 0, loss exactly ln(vocab)
+  assert evals[0] == pytest.approx(math.log(256), abs=1e-5)
+  assert evals[-1] < evals[0] - 0.3, evals           # it trains
+  # the checkpoint's model computes with muP's forward multipliers ...
+  saved_cfg, params = checkpoint.load_params(workdir)
+  assert (saved_cfg.logits_mult, saved_cfg.attn_scale, saved_cfg.attn_mult) == (0.5, 'linear', 4.0)
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(out['state'].params))
+  # ... and carries the multipliers (closed forms for width 128 against base 64)
+  mults = mup_train.load_multipliers(workdir)
+  assert dict(mults.axis_mults) == {'embed': 2.0, 'head_dim': 2.0, 'mlp': 2.0}
+  want = {'block_0/mlp/wi/kernel': ('hidden', 2.0, 2.0),
+          'block_1/attn/out/kernel': ('hidden', 2.0, 2.0),
+          'token_embed/embedding': ('input', 1.0, 2.0), 'lm_head/kernel': ('output', 2.0, 1.0),
+          'final_norm/scale': ('vector', 1.0, 2.0)}
+  for path, (cls, fi, fo) in want.items():
+    assert (mults[path].cls, mults[path].fan_in_mult, mults[path].fan_out_mult) == (cls, fi, fo)
+  assert mults == mup.config_multipliers(saved_cfg, models.get_config(
+      'gpt2-tiny', tie_embeddings=False))
+  # resuming with the same config verifies the metadata (nothing left to train here)
+  assert loop.train_and_evaluate(cfg, workdir)['step'] == 8
+  # resuming under other muP settings, or without muP, is refused (nothing is overwritten)
+  other = lm_config(steps=12, embed_dim=128, mlp_dim=512, tie_embeddings=False)
+  other.mup.enabled = True
+  other.mup.base.embed_dim, other.mup.base.mlp_dim = 64, 256
+  other.mup.output_mult = 2.0
+  with pytest.raises(checkpoint.CheckpointError, match='output_mult'):
+    loop.train_and_evaluate(other, workdir)
+  other.mup.output_mult, other.mup.enabled = None, False
+  with pytest.raises(checkpoint.CheckpointError, match='trained with muP'):
+    loop.train_and_evaluate(other, workdir)
+  # multipliers edited on disk no longer match what the run derives: refused
+  meta_file = os.path.join(workdir, 'checkpoints', '8', 'meta', 'metadata')
+  meta = json.load(open(meta_file))
+  meta['mup']['multipliers']['leaves']['block_0/mlp/wi/kernel'][1] = 4.0
+  with open(meta_file, 'w') as f:
+    json.dump(meta, f)
+  other.mup.enabled = True
+  with pytest.raises(checkpoint.CheckpointError, match=r'block_0/mlp/wi/kernel'):
+    loop.train_and_evaluate(other, workdir)
+  assert checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 read_only=True).all_steps() == [4, 8]
+
+
+# --- init_from a HyperCloned model, continuing under muP with the source as base ---------
+
+def _symmetric_clone(cfg, params, n=2):
+  """numpy reference HyperCloning (METHODS.md section 1, symmetric): embed, mlp, heads x n.
+
+  Every widened axis is tiled n times and divided by n where it is a fan-in
+  axis; heads are duplicated as blocks (head_dim fixed).
+  """
+  specs = spec_lib.flatten(models.param_specs(cfg), is_leaf=spec_lib.is_spec)
+  out = {}
+  for path, x in spec_lib.flatten(jax.device_get(params)).items():
+    s = specs[path]
+    for ax, name in enumerate(s.axes):
+      if name in ('embed', 'mlp', 'heads', 'kv_heads'):
+        x = np.concatenate([x] * n, axis=ax) / (n if ax in s.fan_in else 1)
+    if s.role == 'final_norm':     # tied readout: [h/n, ...] . [E, ...] = h . E
+      x = x / n
+    out[path] = x
+  wide = cfg.replace(embed_dim=n * cfg.embed_dim, mlp_dim=n * cfg.mlp_dim,
+                     num_heads=n * cfg.num_heads)
+  return wide, _unflatten(out)
+
+
+def _unflatten(flat):
+  tree = {}
+  for path, x in flat.items():
+    *parents, leaf = path.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = x
+  return tree
+
+
+def _perturbed(cfg, seed):
+  """Random params with non-trivial norm gains and biases."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: np.asarray(x) + 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                      jax.device_get(models.init_params(cfg, jax.random.key(seed))))
+
+
+def test_init_from_clone_continues_under_mup_with_source_as_base(tmp_path):
+  from hyperinit import interop  # pylint: disable=g-import-not-at-top
+  src_cfg = models.get_config('gpt2-tiny')          # tied embeddings, 4 heads of 16
+  src_params = _perturbed(src_cfg, 0)
+  clone_cfg, clone_params = _symmetric_clone(src_cfg, src_params)
+  toks = _tokens()
+  want = _logits(src_cfg, src_params, toks)
+  np.testing.assert_allclose(_logits(clone_cfg, clone_params, toks), want, rtol=2e-5, atol=2e-5)
+  interop.save_hf(str(tmp_path / 'src'), src_cfg, jax.device_get(src_params))
+  interop.save_hf(str(tmp_path / 'clone'), clone_cfg, clone_params)
+
+  cfg = lm_config(steps=1, lr=0.0)
+  cfg.optimizer.schedule, cfg.optimizer.warmup_steps = 'constant', 0
+  cfg.model.name, cfg.init_from = 'init_from', str(tmp_path / 'clone')
+  cfg.mup.enabled, cfg.mup.base.name = True, str(tmp_path / 'src')
+  dst = str(tmp_path / 'dst')
+  out = loop.train_and_evaluate(cfg, dst)
+  run_cfg, run_params = checkpoint.load_params(dst)
+  # muP against the source: logits x 1/2 (the tied table is 2x wider); 1/d attention = 1/sqrt(16)
+  assert run_cfg.logits_mult == 0.5 and run_cfg.attn_scale == 'linear' and run_cfg.attn_mult == 4.0
+  assert dict(mup_train.load_multipliers(dst).axis_mults) == {'embed': 2.0, 'heads': 2.0,
+                                                               'kv_heads': 2.0, 'mlp': 2.0}
+  # no muP init (the trained weights stay), the multiplier change folded into the final norm ...
+  flat, flat_clone = spec_lib.flatten(jax.device_get(run_params)), spec_lib.flatten(clone_params)
+  for path, x in flat.items():
+    np.testing.assert_allclose(x, flat_clone[path] * (2.0 if path.startswith('final_norm') else 1),
+                               rtol=1e-6, err_msg=path)
+  # ... so the loaded model computes the source's function at step 0
+  np.testing.assert_allclose(_logits(run_cfg, run_params, toks), want, rtol=2e-5, atol=2e-5)
+  assert out['step'] == 1
+
+
+@pytest.mark.parametrize('preset,tied', [('gpt2-tiny', True), ('llama-tiny', False)])
+def test_fold_preserves_function_for_every_multiplier(preset, tied):
+  """head_dim widening (attention scale), embed_mult, output_mult and depth_alpha all change.
+
+  gpt2: LayerNorm, tied table (folded into the final norm); llama: RMSNorm, RoPE,
+  gated MLP, untied readout (folded into lm_head).
+  """
+  old = models.get_config(preset, embed_dim=64, mlp_dim=128, tie_embeddings=tied, num_layers=2)
+  base = old.replace(embed_dim=32, mlp_dim=64, num_layers=1)
+  new = mup.mup_config(old, base, output_mult=3.0, embed_mult=2.0, depth_alpha=1.0)
+  assert new.attn_scale == 'linear' and new.residual_mult == 0.5 and new.logits_mult == 1.5
+  mults = mup.config_multipliers(new, base, depth_alpha=1.0)
+  params = _perturbed(old, 1)
+  folded = jax.jit(lambda p: mup_train.fold_multipliers(p, old, new, mults))(params)
+  toks = _tokens()
+  want = _logits(old, params, toks)
+  assert np.abs(_logits(new, params, toks) - want).max() > 0.1   # the change is not a no-op
+  # float32 rounding of factors like sqrt(2) and 2/3, amplified by the random network: 1e-4
+  np.testing.assert_allclose(_logits(new, folded, toks), want, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_errors_name_the_problem():
+  old = models.get_config('olmo-tiny', embed_dim=128, mlp_dim=256)  # tied, no final-norm params
+  base = old.replace(embed_dim=64, mlp_dim=128)
+  new = mup.mup_config(old, base)
+  with pytest.raises(mup_train.MupError, match='parameter-free final norm'):
+    mup_train.fold_factors(mup.config_multipliers(new, base), old, new)
+  with pytest.raises(mup_train.MupError, match='embed_dim'):
+    mup_train.fold_factors(mup.config_multipliers(new, base), base, new)
+  cfg = lm_config()
+  cfg.mup.enabled, cfg.mup.base.name = True, 'no-such-model'
+  with pytest.raises(mup_train.MupError, match='no-such-model'):
+    mup_train.prepare(cfg, models.get_config('gpt2-tiny'))
+
+
+# --- the optimizer ---------------------------------------------------------------------
+
+def _updates(tx, params, grads):
+  @jax.jit
+  def two(params, grads):
+    _, state = tx.update(grads, tx.init(params), params)   # the second update: moments are warm
+    return tx.update(grads, state, params)[0]
+  return spec_lib.flatten(jax.device_get(two(params, grads)))
+
+
+@pytest.mark.parametrize('name', ['adamw', 'sgd'])
+def test_optimizer_is_the_trainer_chain_with_mup_factors(name):
+  base = models.get_config('gpt2-tiny', embed_dim=16, mlp_dim=32, num_heads=2, num_layers=1,
+                           vocab_size=32, max_len=16, tie_embeddings=False)
+  wide = base.replace(embed_dim=32, mlp_dim=64)
+  opt = lm_config().optimizer
+  opt.name, opt.weight_decay, opt.grad_clip_norm, opt.warmup_steps = name, 0.1, 0.0, 0
+  for cfg in (base, wide):
+    specs = models.param_specs(cfg)
+    rng = np.random.default_rng(0)
+    params, grads = (jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32),
+                                  models.param_shapes(cfg)) for _ in range(2))
+    sched = optim.make_schedule(opt, 10)
+    sp = _updates(optim.make_optimizer(opt, 10, specs)[0], params, grads)
+    if cfg is base:   # muP at base width: bit-identical to the trainer's (SP) optimizer
+      m = mup.config_multipliers(base, base)
+      got = _updates(mup_train.make_optimizer(opt, specs, sched, m), params, grads)
+      for k in sp:
+        np.testing.assert_array_equal(got[k], sp[k], err_msg=k)
+      continue
+    # width x2: the hidden update is the SP update with its optimizer part / 2 (Adam) or x1
+    # (SGD: fan_out/fan_in); input-like and vector leaves x1 (Adam) or x2 (SGD).
+    mults = mup.config_multipliers(mup.mup_config(wide, base), base)
+    got = _updates(mup_train.make_optimizer(opt, specs, sched, mults, eps_mode='none'),
+                   params, grads)
+    flat_p = spec_lib.flatten(params)
+    lr = float(sched(1))
+    for k, want_sp in sp.items():
+      decayed = name == 'adamw' and k.endswith(('kernel', 'embedding'))
+      decay = -lr * 0.1 * np.asarray(flat_p[k]) if decayed else 0.0   # width-invariant
+      s = mup.lr_multipliers(mults, 'adam' if name == 'adamw' else 'sgd')[k]
+      cls = mults[k].cls
+      assert s == {'adamw': {'hidden': 0.5}, 'sgd': {'input': 2.0, 'vector': 2.0,
+                                                       'output': 2.0}}[name].get(cls, 1.0), k
+      np.testing.assert_allclose(got[k], (want_sp - decay) * s + decay, rtol=1e-5, atol=1e-8,
+                                 err_msg=k)
+
+
+# --- the LR-transfer sweep ---------------------------------------------------------------
+
+def _pt(param, width, seed, lr, val):
+  return {'param': param, 'width': width, 'seed': seed, 'log2_lr': lr,
+          'status': 'ok' if val is not None else 'diverged', 'val_loss': val}
+
+
+def test_sweep_summary_argmins_shifts_edges_and_divergence():
+  from hyperinit.mup import sweep_report  # pylint: disable=g-import-not-at-top
+  pts = []
+  for w, (best_sp, best_mup) in {64: (-8, -8), 128: (-9, -8), 512: (-12, -7)}.items():
+    for seed in (0, 1):
+      for lr in range(-12, -4):
+        # SP: optimum moves to the grid's low edge; at 512 the two largest rates diverge
+        sp = None if (w == 512 and lr >= -6) else 3.0 + 0.1 * abs(lr - best_sp) + 0.02 * seed
+        pts.append(_pt('sp', w, seed, lr, sp))
+        # muP: seed 1 at width 512 prefers -8; the largest rate diverged for seed 0 only
+        b = best_mup - (w == 512 and seed == 1)
+        pts.append(_pt('mup', w, seed, lr, None if (w == 512 and lr == -5 and seed == 0) else
+                       3.0 + 0.1 * abs(lr - b)))
+  s = sweep_report.summarize(pts)
+  sp = s['sp']
+  assert [sp['widths'][w]['argmin'] for w in (64, 128, 512)] == [-8, -9, -12]
+  assert sp['shift'] == -4 and sp['max_shift'] == 4 and sp['per_seed_shift'] == {0: -4, 1: -4}
+  assert sp['widths'][512]['edge'] and not sp['widths'][64]['edge']
+  assert sp['widths'][512]['diverged'] == [-6, -5]
+  assert sp['widths'][64]['seed_spread'] == pytest.approx(0.02)
+  mup_512 = s['mup']['widths'][512]
+  # seed mean: -7 and -8 tie at 3.05; the first (smaller) rate wins; per seed -7 and -8
+  assert mup_512['argmin'] == -8 and mup_512['per_seed'] == {0: -7, 1: -8}
+  assert mup_512['diverged'] == [-5]            # a rate where any seed diverged has no mean
+  assert mup_512['loss'] == pytest.approx(3.05)
+  assert s['mup']['per_seed_shift'] == {0: 1, 1: 0} and s['mup']['max_shift'] == 0
+  text = sweep_report.table(s)
+  assert '| 512 | -12 (-12, -12) (grid edge) | 3.0100 (±0.010) | -8 (-7, -8) | 3.0500' in text
+  assert 'SP: best log2 LR moves by -4 from width 64 to 512 (per seed: -4, -4)' in text
+  assert 'diverged log2 LRs: w512: -6, -5' in text
+  assert 'muP: best log2 LR moves by 0' in text
+  grid = sweep_report.grid_table(pts).splitlines()
+  assert grid[0] == '| | -12 | -11 | -10 | -9 | -8 | -7 | -6 | -5 |'
+  assert grid[4] == ('| SP 512 | **3.010** | 3.110 | 3.210 | 3.310 | 3.410 | 3.510 | div | div |')
+
+
+def _tiny_sweep_config():
+  from configs import mup_sweep  # pylint: disable=g-import-not-at-top
+  c = mup_sweep.get_config('local')
+  c.widths, c.base_width, c.parametrizations = (16, 32), 16, 'mup'
+  c.model.num_layers, c.model.num_heads = 1, 2
+  c.log2_lrs, c.seeds, c.steps, c.chunk = (-7.0, 14.0), 1, 4, 2
+  c.eval_batches, c.optimizer.warmup_steps, c.optimizer.grad_clip_norm = 1, 1, 0.0
+  return c
+
+
+def test_sweep_runs_records_divergence_and_resumes(tmp_path):
+  from hyperinit.mup import sweep, sweep_report  # pylint: disable=g-import-not-at-top
+  c = _tiny_sweep_config()
+  logs = []
+  out = sweep.run_sweep(c, str(tmp_path), log=logs.append)
+  pts = {(p['width'], p['log2_lr']): p for p in out['points']}
+  assert len(pts) == 4 and all(p['param'] == 'mup' and p['seed'] == 0 for p in pts.values())
+  for (width, lr), p in pts.items():
+    if lr == 14.0:     # LR 2^14 without clipping: the loss blows up (step 1 has LR 0: warm-up)
+      assert p['status'] == 'diverged' and p['val_loss'] is None and p['diverged_at'] <= 4, p
+    else:              # 4 steps: still near ln(256) = 5.55 but finite and below it
+      assert p['status'] == 'ok' and 3.0 < p['val_loss'] < math.log(256), p
+      assert 3.0 < p['train_loss'] < 6.0, p
+  assert pts[(16, -7.0)]['val_loss'] != pts[(32, -7.0)]['val_loss']
+  summary = sweep_report.write_outputs(str(tmp_path), out)
+  assert summary['mup']['widths'][32]['argmin'] == -7.0
+  assert summary['mup']['widths'][16]['diverged'] == [14.0]
+  assert sorted(os.listdir(tmp_path)) == ['results.json', 'summary.json', 'sweep.png', 'table.md']
+  assert '| 32 | -7 (-7) (grid edge) |' in (tmp_path / 'table.md').read_text()
+  # interrupted: drop the width-32 points; the rerun computes only those, identically
+  path = tmp_path / 'results.json'
+  saved = json.loads(path.read_text())
+  saved['points'] = [p for p in saved['points'] if p['width'] != 32]
+  path.write_text(json.dumps(saved))
+  logs.clear()
+  again = sweep.run_sweep(c, str(tmp_path), log=logs.append)
+  assert any('4 points (2 to run)' in m for m in logs), logs
+  assert sum('== ' in m for m in logs) == 1        # only width 32 runs (its program is cached)
+  strip = lambda ps: [{k: v for k, v in p.items() if k != 'seconds'} for p in ps]
+  assert strip(again['points']) == strip(out['points'])
+
+
+def test_sweep_resume_reuses_points_only_for_the_same_training_setup(tmp_path):
+  from hyperinit.mup import sweep  # pylint: disable=g-import-not-at-top
+  c = _tiny_sweep_config()
+  conf = json.loads(c.to_json_best_effort())
+  point = {'param': 'sp', 'width': 16, 'seed': 0, 'log2_lr': -7.0, 'status': 'ok',
+           'val_loss': 5.0, 'train_loss': 5.1, 'diverged_at': None, 'seconds': 1.0}
+  path = str(tmp_path / 'results.json')
+  with open(path, 'w') as f:
+    json.dump({'config': conf, 'points': [point]}, f)
+  logs = []
+  assert list(sweep.saved_points(path, conf, logs.append)) == [('sp', 16, 0, -7.0)]
+  # a grown grid (more widths, rates, seeds) reuses what is there
+  grown = {**conf, 'widths': [16, 32, 64], 'log2_lrs': [-8.0, -7.0], 'seeds': 3}
+  assert len(sweep.saved_points(path, grown, logs.append)) == 1
+  # anything that changes a run's training starts over, naming the field
+  for field, value in [('steps', 8), ('base_width', 8)]:
+    assert sweep.saved_points(path, {**conf, field: value}, logs.append) == {}
+    assert f"other ['{field}']: starting over" in logs[-1]
+  other_mup = {**conf, 'mup': {**conf['mup'], 'readout_init': 'zero'}}
+  assert sweep.saved_points(path, other_mup, logs.append) == {}
+  with open(path, 'w') as f:
+    json.dump({'points': []}, f)
+  with pytest.raises(ValueError, match='results.json'):
+    sweep.saved_points(path, conf)
+  c.parametrizations = 'sp,ntk'
+  with pytest.raises(ValueError, match="'sp,ntk'"):
+    sweep.run_sweep(c)
