@@ -79,7 +79,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, save_every: int = 1000, keep: int = 3,
                async_save: bool = True, read_only: bool = False):
-    self.directory = epath.Path(directory)
+    # local paths made absolute: orbax (ocdbt) refuses relative ones when it writes arrays
+    directory = os.fspath(directory)
+    self.directory = epath.Path(directory if '://' in directory else os.path.abspath(directory))
     if read_only and not self.directory.exists():
       raise FileNotFoundError(f'checkpoint directory {self.directory} does not exist')
     if read_only:
