@@ -109,7 +109,8 @@ def summarize(config: Any, per_seed: dict[int, dict[str, Any]], src_cfg: models.
   import jax  # pylint: disable=g-import-not-at-top
   return dict(
       created=datetime.datetime.now().isoformat(timespec='seconds'),
-      machine=dict(cpus=os.cpu_count(), load_avg=list(os.getloadavg()), python=platform.python_version(),
+      machine=dict(cpus=os.cpu_count(), load_avg=list(os.getloadavg()),
+                   python=platform.python_version(),
                    jax=jax.__version__, device=str(jax.devices()[0].device_kind)),
       wall_s=wall_s, cpu_s=cpu_s, seeds=[int(s) for s in per_seed], variants=list(config.variants),
       clone=dict(config.clone), source_steps=s_steps,
@@ -150,7 +151,7 @@ def _save(fig, path: str) -> None:
 
 
 def plot_losses(results: dict[str, Any], path: str) -> None:
-  """Validation loss vs step: (a) the source, (b) clones vs random (mean over seeds, min-max band)."""
+  """Validation loss vs step: (a) source, (b) clones vs random (seed mean, min-max band)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -233,7 +234,8 @@ def results_table(results: dict[str, Any]) -> str:
     xs = [r for r in rows if r['name'] == name]
     ts = [r['t_clone'] for r in xs if r['t_clone'] is not None]
     adj = [r['adjusted'] for r in xs if r['adjusted'] is not None]
-    sym = (f'{_fmt_ms([r["sym_start"] for r in xs], 2)} → {_fmt_ms([r["sym_end"] for r in xs], 3)}'
+    sym = (f'{_fmt_ms([r["sym_start"] for r in xs], 2)} → '
+           f'{_fmt_ms([r["sym_end"] for r in xs], 3)}'
            if xs[0]['sym_start'] is not None else 'n/a')
     out.append(f'| {name} clone | {len(xs)} | {_fmt_ms([r["start_loss"] for r in xs])} | '
                f'{_fmt_ms([r["final_loss"] for r in xs])} | '
@@ -290,7 +292,8 @@ def render(results: dict[str, Any]) -> str:
       f'{_fmt_ms(src_final)}.',
       f'- **Clone**: factors {cl.get("factor")}x ({cl.get("attention")}), variants '
       f'{", ".join(r0["variants"])}, noise {cl.get("snr_db")} dB SNR; destination {_arch(dst)}, '
-      f'{r0["dst_params"]:,} params. Logits check (fp32, validation tokens): max |clone − source| '
+      f'{r0["dst_params"]:,} params. Logits check (fp32, validation tokens): '
+      f'max |clone − source| '
       f'/ max |source| ≤ {max(errs):.1e} over {len(errs)} clones.',
       f'- **Random init**: the same destination architecture, the preset\'s initialiser '
       f'(`{dst["init"]}`, std {dst["init_std"]}).',
