@@ -219,7 +219,8 @@ def train_and_evaluate(config: Any, workdir: str, *,
                        optimizer: optim.OptimizerFactory | optax.GradientTransformation | None = None,
                        lr_multipliers: Any = None,
                        params_transform: Callable[[Any, Any], Any] | None = None,
-                       train_loader: Any = None, eval_loader: Any = None) -> dict[str, Any]:
+                       train_loader: Any = None, eval_loader: Any = None,
+                       eval_metrics_fn: Callable[[Any], Any] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates.
 
   Args:
@@ -235,6 +236,9 @@ def train_and_evaluate(config: Any, workdir: str, *,
       jit) to freshly initialised or init_from params, e.g. a muP rescale.
     train_loader / eval_loader: replace the configured data (grain loaders
       following the `hyperinit.data` contract).
+    eval_metrics_fn: `fn(params) -> {name: scalar}`, extra scalars computed
+      from the params at every evaluation (e.g. a clone's symmetry
+      diagnostic), logged and written with the eval metrics.
 
   Returns:
     {'step', 'preempted', 'train' (last logged metrics), 'eval', 'state'}.
@@ -318,7 +322,8 @@ def train_and_evaluate(config: Any, workdir: str, *,
         init_params = (lambda f: lambda k: params_transform(f(k), s.specs))(init_params)
       state = step_lib.init_state(init_params, s.tx, rng, s.shardings)
   start = int(state.step)
-  return _loop(config, workdir, s, state, start, data_iter, ckpt, meta, eval_loader)
+  return _loop(config, workdir, s, state, start, data_iter, ckpt, meta, eval_loader,
+               eval_metrics_fn)
 
 
 def _mup_enabled(config: Any) -> bool:
@@ -348,7 +353,16 @@ def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multi
   return run.optimizer, own, run
 
 
-def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader):
+def _evaluate_all(s, config, params, eval_loader, eval_metrics_fn) -> dict[str, float]:
+  out = evaluate(s, config, params, eval_loader)
+  if eval_metrics_fn is not None:
+    extra = jax.device_get(eval_metrics_fn(params))
+    out.update({k: float(v) for k, v in extra.items()})
+  return out
+
+
+def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader,
+          eval_metrics_fn=None):
   total = int(config.num_train_steps)
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
   gb = int(config.batch_size)
@@ -372,7 +386,8 @@ def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_l
 
   try:
     if start == 0 and config.eval_every > 0 and config.get('eval_at_start'):
-      eval_scalars = evaluate(s, config, state.params, eval_loader)
+      eval_scalars = _evaluate_all(s, config, state.params, eval_loader, eval_metrics_fn)
+      logging.info('eval at step 0: %s', ', '.join(f'{k} {v:.4g}' for k, v in eval_scalars.items()))
       writer.write(0, 'eval', eval_scalars)
     for step in range(start + 1, total + 1):
       try:
@@ -395,7 +410,7 @@ def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_l
         writer.write(step, 'train', {**train_scalars, **rates})
         window, n_window = None, 0
       if eval_every > 0 and (step % eval_every == 0 or last):
-        eval_scalars = evaluate(s, config, state.params, eval_loader)
+        eval_scalars = _evaluate_all(s, config, state.params, eval_loader, eval_metrics_fn)
         logging.info('eval at step %d: %s', step,
                      ', '.join(f'{k} {v:.4g}' for k, v in eval_scalars.items()))
         writer.write(step, 'eval', eval_scalars)

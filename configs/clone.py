@@ -1,0 +1,99 @@
+"""Clone-then-train configs: `make demo` and the HyperCloning reproduction.
+
+    python -m experiments.demo --workdir=workdir/demo                  (demo, the default)
+    python -m experiments.clone_experiment --config=configs/clone.py:experiment --workdir=DIR
+    --config=configs/clone.py:experiment_local    one seed of the experiment (~1/3 of the time)
+    --config=configs/clone.py:smoke               seconds; the CI test
+
+A source GPT (gpt2 family, 2 layers x 64, byte vocabulary) is trained on the
+embedded pydoc_text corpus, cloned 2x (embed, mlp, heads: 2 x 128), and the
+clone and a random-init model of the same architecture are trained with the
+same trainer config (`target`).  `source` and `target` are ordinary trainer
+configs (configs/lm.py fields).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs import lm
+
+# variant -> (seeds, clone variants, dropout-run seeds, source steps, target steps, eval every,
+#             seq_len, batch)
+SETTINGS = {
+    'demo': ((0,), ('noisy_symmetric',), (), 1000, 600, 50, 128, 16),
+    'experiment': ((0, 1, 2), ('noisy_symmetric', 'symmetric', 'noisy_diagonal', 'diagonal'),
+                   (0,), 1000, 600, 50, 128, 16),
+    'experiment_local': ((0,), ('noisy_symmetric', 'symmetric', 'noisy_diagonal', 'diagonal'),
+                         (0,), 1000, 600, 50, 128, 16),
+    'smoke': ((0,), ('symmetric',), (0,), 12, 12, 6, 32, 8),
+}
+
+
+def _trainer(steps: int, seq_len: int, batch: int, eval_every: int) -> ml_collections.ConfigDict:
+  """configs/lm.py:tiny with this experiment's schedule, eval and checkpoint settings."""
+  c = lm.get_config('tiny')
+  c.data.seq_len = seq_len
+  c.batch_size = batch
+  c.num_train_steps = steps
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = max(1, steps // 10)
+  c.optimizer.weight_decay = 0.0
+  c.log_every = min(50, steps)
+  c.eval_every = eval_every
+  c.eval_batches = -1             # the whole validation split (33k tokens) at every evaluation
+  c.eval_batch_size = 64
+  c.eval_at_start = True          # step 0: the clone must score the source's final loss
+  c.checkpoint.every = steps      # only the final checkpoint (the clone reads it)
+  c.checkpoint.keep = 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  name = (arg or 'demo').strip()
+  if name not in SETTINGS:
+    raise ValueError(f'unknown clone config {name!r}; expected one of {sorted(SETTINGS)}')
+  seeds, variants, drop_seeds, s_steps, t_steps, every, seq_len, batch = SETTINGS[name]
+  cfg = ml_collections.ConfigDict()
+  cfg.title = f'HyperCloning {name}: clone a trained GPT 2x, train clone vs random init'
+  cfg.command = ''                # filled in by the entry point (recorded in the report)
+  cfg.seeds = seeds               # one source per seed; clones and random baseline per seed
+  # runs of seed s go to WORKDIR/seed_s (so per-seed processes can share a workdir and a
+  # final all-seeds run reuses them); False: directly in WORKDIR (the demo, one seed)
+  cfg.seed_dirs = name == 'experiment'
+  cfg.variants = variants         # clone variants trained (symmetric|diagonal|noisy_*)
+  # seeds that also train variants[1:] (None: all); the others train variants[0] only.
+  # experiment: the ablation on seed 0 keeps the run within ~30 min on 2 CPU cores
+  cfg.ablation_seeds = (0,) if name == 'experiment' else common.P(tuple)
+  cfg.logits_rtol = 1e-5          # max |clone - source| / max |source| logits, fp32; else stop
+
+  c = cfg.clone = ml_collections.ConfigDict()
+  c.factor = 2                    # widens embed, mlp and `attention` by this integer
+  c.attention = 'heads'           # heads (standard model) | head_dim
+  c.embed = common.P(int)         # per-axis overrides of `factor` (None: factor)
+  c.mlp = common.P(int)
+  c.heads = common.P(int)
+  c.head_dim = common.P(int)
+  c.snr_db = 10.0                 # noise of the noisy variants (paper: 10 dB)
+  c.kv_rule = 'auto'              # GQA/MQA kv-head rule (cloning.KV_RULES)
+  c.tie = 'keep'                  # tied embeddings: keep (final norm / n) | untie
+
+  d = cfg.dropout = ml_collections.ConfigDict()
+  d.variants = ('symmetric',) if drop_seeds else ()   # clones also trained with dropout
+  d.rate = 0.1                    # dropout rate of those runs (breaks the copies' symmetry)
+  d.seeds = drop_seeds            # seeds that get the dropout runs
+
+  cfg.source = _trainer(s_steps, seq_len, batch, every)   # the small model's training run
+  cfg.target = _trainer(t_steps, seq_len, batch, every)   # clone and random-init runs
+  # (target.model is replaced: init_from for clones, the source preset widened for random)
+  if name == 'smoke':
+    for t in (cfg.source, cfg.target):
+      t.model.max_len = seq_len
+      t.eval_batches = 2
+      t.eval_batch_size = 8
+      t.log_every = 6
+    m = cfg.source.model            # a narrower source: seconds, not minutes
+    m.embed_dim, m.num_heads, m.mlp_dim = 32, 4, 128
+  return cfg

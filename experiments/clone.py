@@ -1,0 +1,75 @@
+"""Clone a checkpoint n-times wider: our trainer's orbax checkpoints or Hugging Face dirs.
+
+    python -m experiments.clone --src=runs/small --dst=runs/big_init --factor=2
+    python -m experiments.clone --src=hf/pythia-70m --dst=hf/pythia-2x --factor=2      # HF -> HF
+    python -m experiments.clone --src=runs/small --dst=runs/big --factor=2 --with_opt_state
+    python -m experiments.clone --src=hf/llama --dst=out --factor=2 --attention=head_dim \
+        --format=orbax       # head_dim growth under RoPE is not a standard HF model
+
+See docs/cloning.md ("CLI") and hyperinit/cloning/cli.py.
+"""
+
+import sys
+
+from absl import app, flags
+
+from hyperinit import checkpoint, cloning
+from hyperinit.cloning import cli
+
+_SRC = flags.DEFINE_string('src', None, 'Trainer workdir / checkpoint dir / step dir, or a '
+                           'Hugging Face directory (config.json + safetensors).')
+_DST = flags.DEFINE_string('dst', None, 'Output directory (written atomically).')
+_FACTOR = flags.DEFINE_float('factor', None, 'Integer factor for all widened axes: embed, mlp '
+                             'and --attention.')
+_ATTN = flags.DEFINE_enum('attention', 'heads', ['heads', 'head_dim'], 'What --factor widens in '
+                          'attention: more heads (standard model) or wider heads.')
+_EMBED = flags.DEFINE_float('embed', None, 'Factor of the embed (d_model) axis.')
+_MLP = flags.DEFINE_float('mlp', None, 'Factor of the MLP hidden axis.')
+_HEADS = flags.DEFINE_float('heads', None, 'Factor of the number of query heads.')
+_HEAD_DIM = flags.DEFINE_float('head_dim', None, 'Factor of the head dimension.')
+_KV_HEADS = flags.DEFINE_float('kv_heads', None, 'Factor of the kv heads (default: --kv_rule).')
+_KV_RULE = flags.DEFINE_enum('kv_rule', 'auto', list(cloning.KV_RULES), 'GQA/MQA: auto (kv heads '
+                             'follow heads, MQA stays MQA) | follow | keep (MQA only).')
+_AXES = flags.DEFINE_string('axes', '', 'Any logical axes: name=factor,... (e.g. embed=2,mlp=4).')
+_SIZES = flags.DEFINE_string('sizes', '', 'Destination sizes: name=size,... (e.g. embed=1536).')
+_VARIANT = flags.DEFINE_enum('variant', 'noisy_symmetric', list(cloning.VARIANTS), 'Clone variant.')
+_SNR = flags.DEFINE_float('snr_db', 10.0, 'Noise of the noisy variants, dB.')
+_NOISE = flags.DEFINE_enum('noise_dist', 'irwin_hall', list(cloning.NOISE_DISTS), 'Noise shape.')
+_TIE = flags.DEFINE_enum('tie', 'keep', list(cloning.TIE_MODES), 'Tied embeddings: keep | untie.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
+_FORMAT = flags.DEFINE_enum('format', None, list(cli.FORMATS), 'Output format (default: as --src).')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16', 'float16'], 'HF output dtype '
+                           '(default: the source\'s).')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of an orbax --src (default: latest).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --dst.')
+_OPT = flags.DEFINE_bool('with_opt_state', False, 'Also widen the Adam moments (orbax src and '
+                         'dst): --dst becomes a trainer workdir that resumes the run.')
+_CHECK = flags.DEFINE_bool('check', True, 'Compare clone and source logits (fp32).')
+flags.mark_flags_as_required(['src', 'dst'])
+
+
+def main(argv):
+  del argv
+  try:
+    src = cli.load_source(_SRC.value, _STEP.value)
+    factors = cli.cli_factors(src.cfg, factor=_FACTOR.value, attention=_ATTN.value,
+                              embed=_EMBED.value, mlp=_MLP.value, heads=_HEADS.value,
+                              head_dim=_HEAD_DIM.value, kv_heads=_KV_HEADS.value,
+                              axes=_AXES.value, sizes=_SIZES.value)
+    res = cli.clone_checkpoint(src, _DST.value, factors, variant=_VARIANT.value,
+                               snr_db=_SNR.value, seed=_SEED.value, fmt=_FORMAT.value,
+                               overwrite=_OVERWRITE.value, with_opt_state=_OPT.value,
+                               kv_rule=_KV_RULE.value, tie=_TIE.value,
+                               noise_dist=_NOISE.value, dtype=_DTYPE.value, check=_CHECK.value)
+  except (ValueError, TypeError, FileNotFoundError, FileExistsError,
+          checkpoint.CheckpointError) as e:
+    sys.exit(f'clone: error: {e}')
+  print(res.summary)
+  if res.rel_error is not None:
+    print(f'logits: max |clone - source| / max |source| = {res.rel_error:.2e} (fp32)')
+  print(f'wrote {res.fmt} {res.dst}')
+  print(cli.usage_hint(res))
+
+
+if __name__ == '__main__':
+  app.run(main)

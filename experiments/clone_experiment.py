@@ -1,0 +1,35 @@
+"""HyperCloning at small scale: speedup over random init, variant ablation, symmetry, seeds.
+
+    python -m experiments.clone_experiment --config=configs/clone.py:experiment --workdir=DIR
+
+Same pipeline as `make demo` (hyperinit.cloning.experiment) over several seeds and clone
+variants plus a symmetric clone trained with dropout; the report (mean ± std over seeds)
+goes to DIR/report.md with loss_curves.png and symmetry.png.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from hyperinit.cloning import experiment
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone.py:experiment',
+                                          'Clone config[:variant].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'workdir/clone_experiment', 'Runs and report.')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  config = _CONFIG.value
+  with config.unlocked():
+    config.command = ' '.join(['python -m experiments.clone_experiment'] + sys.argv[1:])
+  try:
+    experiment.run(config, _WORKDIR.value)
+  except experiment.CloneCheckError as e:
+    sys.exit(f'FAILED: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,241 @@
+"""Cloning checkpoints on disk: our trainer's orbax checkpoints and Hugging Face directories.
+
+    from hyperinit.cloning import cli
+    res = cli.clone_checkpoint('runs/small', 'runs/big_init', cloning.factors_for(2))
+    # train it: --config.model.name=init_from --config.init_from=runs/big_init
+
+`experiments/clone.py` is the command-line wrapper.  Layouts written:
+
+  orbax     `DST/0/{params, opt_state, train, meta}`: a checkpoint root holding
+            step 0; `opt_state` is a JSON note (a clone has no optimizer state;
+            init_from starts a fresh one).  `load_params(DST)` and the
+            trainer's `config.init_from=DST` read it; the destination model
+            config travels in `meta`.
+  orbax + opt state (`with_opt_state=True`, source: our checkpoint)
+            `DST/checkpoints/<step>/...`: a trainer workdir whose newest
+            checkpoint is the source's step with params AND Adam moments
+            widened (`widen_opt_state`) and the source's data position, so
+            `experiments.train --workdir=DST --config.model.name=init_from`
+            resumes the run at the wider size.
+  hf        a Hugging Face directory (`interop.save_hf`), refused with the
+            reason when the clone is not a standard member of its family.
+
+Every output is written into a temporary directory beside DST and renamed into
+place when complete.  Reading sources and writing orbax trees: `checkpoint_io`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from hyperinit import models
+from hyperinit.cloning import checkpoint_io
+from hyperinit.cloning import config as config_lib
+from hyperinit.cloning import factors as factors_lib
+from hyperinit.cloning import optim as optim_lib
+from hyperinit.cloning import widen
+
+FORMATS = ('orbax', 'hf')
+# Re-exported: the CLI's public names for reading sources and writing outputs.
+Source = checkpoint_io.Source
+atomic_tree = checkpoint_io.atomic_tree
+load_source = checkpoint_io.load_source
+source_format = checkpoint_io.source_format
+
+
+# --- factors from command-line values ----------------------------------------------------------
+
+def parse_axis_values(text: str | None, flag: str) -> dict[str, float]:
+  """'embed=2,mlp=4' -> {'embed': 2.0, 'mlp': 4.0}; ValueError naming the flag and item."""
+  out = {}
+  for item in filter(None, (s.strip() for s in (text or '').split(','))):
+    name, sep, value = item.partition('=')
+    if not sep or not name.strip():
+      raise ValueError(f'--{flag}: bad item {item!r}; expected axis=number, e.g. embed=2')
+    try:
+      out[name.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f'--{flag}: {item!r}: {value!r} is not a number') from None
+  return out
+
+
+def cli_factors(src_cfg: models.ModelConfig, *, factor: float | None = None,
+                attention: str = 'heads', embed: float | None = None, mlp: float | None = None,
+                heads: float | None = None, head_dim: float | None = None,
+                kv_heads: float | None = None, axes: str = '', sizes: str = '') -> dict[str, Any]:
+  """The factor dict from the CLI's flags (validated later by `plan_model`).
+
+  `factor` widens embed, mlp and `attention` ('heads' or 'head_dim'); the
+  per-axis values override it; `axes` ('name=n,...') sets any logical axis;
+  `sizes` ('name=size,...') gives destination sizes, turned into factors by
+  `factors_between` (an error names an axis whose size is not a multiple).
+  """
+  out: dict[str, Any] = {}
+  if factor is not None:
+    out.update(factors_lib.factors_for(factor, attention))
+  for name, v in (('embed', embed), ('mlp', mlp), ('heads', heads), ('head_dim', head_dim),
+                  ('kv_heads', kv_heads)):
+    if v is not None:
+      out[name] = v
+  out.update(parse_axis_values(axes, 'axes'))
+  want = parse_axis_values(sizes, 'sizes')
+  if want:
+    src = config_lib.source_sizes(src_cfg)
+    for ax, size in want.items():
+      if not float(size).is_integer():
+        raise ValueError(f'--sizes: size {size!r} of axis {ax!r} is not an integer')
+    out.update(factors_lib.factors_between(src, {a: int(s) for a, s in want.items()}))
+  if not any(float(v) != 1 for v in out.values()):
+    raise ValueError('nothing to widen: pass --factor=N or per-axis factors (--embed, --mlp, '
+                     '--heads / --head_dim, --axes=name=n, --sizes=name=size)')
+  return out
+
+
+# --- output checks ------------------------------------------------------------------------------
+
+def hf_refusal(dst_cfg: models.ModelConfig) -> str | None:
+  """Why the clone cannot be written as a Hugging Face directory (None: it can)."""
+  from hyperinit import interop  # pylint: disable=g-import-not-at-top
+  reasons = list(config_lib.nonstandard_reasons(dst_cfg))
+  try:
+    interop.check_exportable(dst_cfg)
+  except ValueError as e:
+    reasons.append(str(e))
+  if not reasons:
+    return None
+  return ('refusing --format=hf: the clone is not a standard Hugging Face model of family '
+          f'{getattr(dst_cfg, "family", "vit")!r}: ' + '; '.join(reasons) +
+          '. Write it with --format=orbax instead: our models (models.apply_fn) run it exactly '
+          'and the trainer takes it as config.init_from. (Growing heads instead of head_dim '
+          'keeps a standard model.)')
+
+
+# --- the whole thing -----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CloneResult:
+  """What `clone_checkpoint` did."""
+  src: Source
+  dst: str
+  fmt: str
+  dst_cfg: models.ModelConfig
+  plan: widen.ClonePlan
+  params: Any
+  rel_error: float | None
+  summary: str
+
+
+def logits_relative_error(src_cfg: models.ModelConfig, src_params: Any,
+                          dst_cfg: models.ModelConfig, dst_params: Any,
+                          inputs: Any = None) -> float:
+  """max |dst logits - src logits| / max |src logits| on `inputs` (fp32 compute).
+
+  Default inputs: tokens [2, 16] (LM) or images [2, H, W, C] (ViT) from a fixed key.
+  """
+  src_cfg, dst_cfg = src_cfg.replace(dtype='float32'), dst_cfg.replace(dtype='float32')
+  if inputs is None:
+    key = jax.random.key(1234)
+    if isinstance(src_cfg, models.ViTConfig):
+      inputs = jax.random.normal(key, (2, src_cfg.image_size, src_cfg.image_size,
+                                       src_cfg.num_channels))
+    else:
+      inputs = jax.random.randint(key, (2, min(16, src_cfg.max_len)), 0, src_cfg.vocab_size)
+  a = np.asarray(models.apply_fn(src_cfg)(src_params, inputs), np.float64)
+  b = np.asarray(models.apply_fn(dst_cfg)(dst_params, inputs), np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f'source logits {a.shape} and clone logits {b.shape} differ in shape')
+  return float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30))
+
+
+def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
+                     variant: str = 'noisy_symmetric', snr_db: float = 10.0, seed: int = 0,
+                     fmt: str | None = None, overwrite: bool = False,
+                     with_opt_state: bool = False, kv_rule: str = 'auto', tie: str = 'keep',
+                     noise_dist: str = 'irwin_hall', step: int | None = None,
+                     dtype: str | None = None, check: bool = True) -> CloneResult:
+  """Clones a checkpoint directory into `dst`.
+
+  Args:
+    src: a trainer workdir / checkpoint dir / step dir, or a Hugging Face
+      directory (or an already loaded `Source`).
+    dst: output directory (written atomically).
+    factors: {logical axis: integer factor}, e.g. `factors_for(2)`.
+    variant, snr_db, seed: the clone variant, its noise level, and the seed of
+      the noise (`jax.random.key(seed)`).
+    fmt: 'orbax' | 'hf'; default: the source's format.
+    overwrite: replace a non-empty `dst`.
+    with_opt_state: also widen the optimizer state (our checkpoints only) and
+      write a resumable trainer workdir (see module doc).
+    kv_rule, tie, noise_dist: see `plan_model`.
+    step: which checkpoint step of an orbax source (default: the latest).
+    dtype: stored dtype of an HF output (default: the source's).
+    check: compare the clone's logits with the source's (fp32, random inputs).
+
+  Raises:
+    ValueError naming the axis / leaf / option for bad factors, and for an HF
+    output of a clone that no standard HF model can express (with the reason).
+  """
+  if fmt is not None and fmt not in FORMATS:
+    raise ValueError(f'--format={fmt!r}: expected one of {FORMATS}')
+  source = src if isinstance(src, Source) else load_source(src, step)
+  fmt = fmt or source.fmt
+  if with_opt_state and (source.fmt != 'orbax' or fmt != 'orbax'):
+    raise ValueError('--with_opt_state needs a checkpoint written by our trainer as --src and '
+                     f'--format=orbax (got a {source.fmt} source, {fmt} output): a Hugging Face '
+                     'directory holds no optimizer state')
+  dst_cfg = config_lib.clone_config(source.cfg, factors, kv_rule=kv_rule, tie=tie)
+  if fmt == 'hf':
+    why = hf_refusal(dst_cfg)
+    if why:
+      raise ValueError(why)
+  if not overwrite and os.path.isdir(dst) and os.listdir(dst):  # fail before the work
+    raise FileExistsError(f'--dst {dst!r} exists and is not empty; pass --overwrite to replace it')
+  plan, dst_cfg = config_lib.plan_model(source.cfg, factors, variant, snr_db, kv_rule=kv_rule,
+                                        tie=tie, noise_dist=noise_dist)
+  state = None
+  if with_opt_state:
+    state, run_config, src_step_dir = checkpoint_io.restore_train_state(source)
+    source.params = state.params
+  params = widen.clone_fn(plan)(source.params, jax.random.key(seed))
+  err = logits_relative_error(source.cfg, source.params, dst_cfg, params) if check else None
+  info = dict(source=os.path.abspath(source.path), source_format=source.fmt,
+              source_step=source.step, factors=plan.factor_dict, variant=variant,
+              snr_db=float(snr_db), seed=int(seed), noise_dist=noise_dist, kv_rule=kv_rule,
+              tie=tie, with_opt_state=bool(with_opt_state), notes=list(plan.notes),
+              logits_max_rel_error=err)
+  if fmt == 'hf':
+    from hyperinit import interop  # pylint: disable=g-import-not-at-top
+    interop.save_hf(dst, dst_cfg, jax.device_get(params), overwrite=overwrite,
+                    dtype=dtype or source.dtype or dst_cfg.param_dtype)
+  elif with_opt_state:
+    opt = optim_lib.widen_opt_state(state.opt_state, plan)
+    wide = state.replace(params=params, opt_state=opt)
+    checkpoint_io.write_resumable(dst, dst_cfg, wide, run_config, src_step_dir, info=info,
+                                  overwrite=overwrite)
+  else:
+    checkpoint_io.write_orbax(dst, dst_cfg, params, info=info, overwrite=overwrite, seed=seed)
+  summary = config_lib.describe(plan, source.cfg, dst_cfg)
+  return CloneResult(source, dst, fmt, dst_cfg, plan, params, err, summary)
+
+
+def usage_hint(res: CloneResult) -> str:
+  """How to use the output, one or two lines."""
+  if res.fmt == 'hf':
+    return (f'transformers.AutoModelForCausalLM.from_pretrained({res.dst!r}) loads it; so does '
+            f'--config.init_from={res.dst} --config.model.name=init_from')
+  if os.path.isdir(os.path.join(res.dst, 'checkpoints')):
+    return (f'resume the widened run: python -m experiments.train --config=<the source run\'s '
+            f'config> --config.model.name=init_from --workdir={res.dst}')
+  return (f'train it: python -m experiments.train --config=<config> --config.model.name=init_from '
+          f'--config.init_from={res.dst} --workdir=<new dir>')
+
+
+def info_json(res: CloneResult) -> str:
+  return json.dumps({'dst': res.dst, 'format': res.fmt, 'dst_config': res.dst_cfg.to_dict(),
+                     'logits_max_rel_error': res.rel_error}, indent=1)

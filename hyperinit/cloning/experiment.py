@@ -1,0 +1,317 @@
+"""Clone-then-train experiments: the `make demo` job and the paper's comparison at small scale.
+
+    from configs import clone
+    results = experiment.run(clone.get_config('demo'), 'workdir/demo')
+
+For every seed: train the source (a small model), clone it (`cli.clone_checkpoint`,
+orbax output), check that the clone's logits equal the source's on a validation
+batch (fp32; a failure stops the run), train each clone variant and a randomly
+initialised model of the destination's architecture with the same trainer
+config (steps, schedule, batch, data order, seed), logging the symmetry
+diagnostic at every evaluation.  Then `report.write_report` states the speedups.
+
+Everything runs through `train.train_and_evaluate`, so each run is an ordinary
+trainer workdir (metrics.jsonl, TensorBoard, checkpoints) and a rerun of the
+same command resumes or skips finished runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from hyperinit import checkpoint as ckpt_lib
+from hyperinit import models
+from hyperinit.cloning import cli
+from hyperinit.cloning import factors as factors_lib
+from hyperinit.cloning.symmetry import symmetry_fn
+from hyperinit.cloning import widen
+from hyperinit.train import loop, metrics as metrics_lib, tasks
+
+
+class CloneCheckError(RuntimeError):
+  """The clone's logits differ from the source's beyond the tolerance."""
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """One training run, read back from its metrics.jsonl.
+
+  Attributes:
+    name: e.g. 'source', 'noisy_symmetric', 'random', 'symmetric+dropout0.1'.
+    kind: 'source' | 'clone' | 'random'.
+    seed: the run's seed.
+    variant: the clone variant ('' for source / random).
+    dropout: dropout rate of the run.
+    workdir: the trainer workdir.
+    steps: num_train_steps.
+    evals: [(step, validation loss)].
+    symmetry: [(step, symmetry/overall)] (clone and random runs).
+    train: [(step, train loss)].
+    wall_s: seconds this process spent on the run (0 if it was already complete).
+  """
+  name: str
+  kind: str
+  seed: int
+  variant: str
+  dropout: float
+  workdir: str
+  steps: int
+  evals: list
+  symmetry: list
+  train: list
+  wall_s: float
+
+  @property
+  def final_loss(self) -> float:
+    return self.evals[-1][1]
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def banner(msg: str) -> None:
+  _say(f'\n===== {msg} =====')
+
+
+class _DropInfo:
+  """Hides INFO lines of chatty libraries (tfds prints one per loader)."""
+
+  def __init__(self, packages=('tensorflow_datasets', 'orbax', 'grain')):
+    self._frags = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
+
+  def filter(self, record) -> bool:
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    return record.levelno > py_logging.INFO or not any(f in record.pathname for f in self._frags)
+
+
+def quiet_logs() -> None:
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropInfo) for f in logger.filters):
+    logger.addFilter(_DropInfo())
+
+
+def _record(name, kind, seed, variant, dropout, workdir, steps, wall) -> RunRecord:
+  # one row per (split, step), the last written: a resumed run may log a step again
+  rows = list({(r['split'], r['step']): r for r in metrics_lib.read_jsonl(workdir)}.values())
+  rows.sort(key=lambda r: r['step'])
+  ev = [(r['step'], r['loss']) for r in rows if r['split'] == 'eval']
+  sym = [(r['step'], r['symmetry/overall']) for r in rows
+         if r['split'] == 'eval' and 'symmetry/overall' in r]
+  tr = [(r['step'], r['loss']) for r in rows if r['split'] == 'train']
+  return RunRecord(name, kind, seed, variant, dropout, workdir, steps, ev, sym, tr, wall)
+
+
+def _done(workdir: str, steps: int) -> bool:
+  ck = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ck):
+    return False
+  return ckpt_lib.Checkpointer(ck, read_only=True).latest_step() == steps
+
+
+def _train(name: str, config: Any, workdir: str, **kw) -> float:
+  """train_and_evaluate with a banner; returns wall seconds (0 when already complete)."""
+  steps = int(config.num_train_steps)
+  if _done(workdir, steps):
+    _say(f'{name}: already trained ({workdir}); reusing it')
+    return 0.0
+  t = time.perf_counter()
+  loop.train_and_evaluate(config, workdir, **kw)
+  wall = time.perf_counter() - t
+  _say(f'{name}: {steps} steps in {wall:.0f} s')
+  return wall
+
+
+def _model_fields(cfg: models.ModelConfig) -> dict[str, Any]:
+  d = cfg.to_dict()
+  return {k: v for k, v in d.items() if k not in tasks.RUNTIME_FIELDS}
+
+
+def random_config(target: Any, source_model: Any, dst_cfg: models.ModelConfig) -> Any:
+  """The trainer config of the random-init baseline: `target` with the source's model
+  preset widened to the destination's sizes; checked equal to `dst_cfg`."""
+  c = copy.deepcopy(target)
+  c.unlock()
+  c.model = copy.deepcopy(source_model)
+  c.model.unlock()
+  for f in ('num_layers', 'embed_dim', 'num_heads', 'num_kv_heads', 'mlp_dim', 'head_dim'):
+    if getattr(dst_cfg, f) is not None or f in c.model:
+      c.model[f] = getattr(dst_cfg, f)
+  c.init_from = ''
+  got = tasks.resolve_model_config(c)
+  diff = {k: (v, _model_fields(dst_cfg).get(k)) for k, v in _model_fields(got).items()
+          if _model_fields(dst_cfg).get(k) != v}
+  if diff:
+    raise ValueError(f'the random baseline would not have the clone\'s architecture: {diff} '
+                     '(random, clone)')
+  return c
+
+
+def _with(config: Any, **fields) -> Any:
+  c = copy.deepcopy(config)
+  c.unlock()
+  for key, v in fields.items():
+    *parents, leaf = key.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def validation_inputs(config: Any, model_cfg: models.ModelConfig, n: int = 4) -> np.ndarray:
+  """The first `n` rows of the first validation batch: int32 [n, seq_len]."""
+  task = tasks.make_task(config, model_cfg)
+  loader = tasks.make_loader(config, task, tasks.eval_split(config), train=False,
+                             seed=int(config.seed))
+  return np.asarray(next(iter(loader))['inputs'])[:n]
+
+
+def clone_factors(c: Any) -> dict[str, Any]:
+  """The factor dict of `config.clone` (factor + attention + per-axis overrides)."""
+  f = factors_lib.factors_for(c.factor, c.attention)
+  for ax in ('embed', 'mlp', 'heads', 'head_dim'):
+    if c.get(ax) is not None:
+      f[ax] = c[ax]
+  return f
+
+
+def _symmetry(plan: widen.ClonePlan) -> Callable[[Any], Any]:
+  fn = symmetry_fn(plan.dst_specs, plan.factor_dict)
+  return lambda params: {'symmetry/overall': fn(params)['symmetry/overall']}
+
+
+def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None]) -> dict[str, Any]:
+  """Source, clones, random baseline for one seed; returns records and checks."""
+  os.makedirs(workdir, exist_ok=True)
+  src_conf = _with(config.source, seed=seed)
+  src_dir = os.path.join(workdir, 'source')
+  stage(f'train the source model (seed {seed})')
+  wall = _train('source', src_conf, src_dir)
+  runs = [_record('source', 'source', seed, '', 0.0, src_dir, int(src_conf.num_train_steps), wall)]
+  src_cfg, src_params = ckpt_lib.load_params(src_dir)
+  src = cli.Source(src_cfg, src_params, 'orbax', src_dir, int(src_conf.num_train_steps))
+  inputs = validation_inputs(src_conf, src_cfg)
+  checks, plan_any, dst_any = [], None, None
+  clone_runs = _clone_runs(config, seed)
+  clones = {}
+  for variant, rate in clone_runs:
+    name = variant + (f'+dropout{rate:g}' if rate else '')
+    init_dir = os.path.join(workdir, f'init_{variant}')
+    if variant not in clones:
+      stage(f'clone {config.clone.factor}x ({variant}, seed {seed}) and check the logits')
+      t = time.perf_counter()
+      res = cli.clone_checkpoint(src, init_dir, clone_factors(config.clone), variant=variant,
+                                 snr_db=float(config.clone.snr_db), seed=seed, fmt='orbax',
+                                 overwrite=True, kv_rule=config.clone.kv_rule,
+                                 tie=config.clone.tie, check=False)
+      err = cli.logits_relative_error(src_cfg, src_params, res.dst_cfg, res.params, inputs)
+      _say(res.summary)
+      _say(f'logits on {inputs.shape[0]}x{inputs.shape[1]} validation tokens: max |clone - '
+           f'source| / max |source| = {err:.2e} (tolerance {config.logits_rtol:g}) '
+           f'[{time.perf_counter() - t:.1f} s]')
+      if not err <= float(config.logits_rtol):
+        raise CloneCheckError(f'the {variant} clone is NOT function-preserving: max relative '
+                              f'logit error {err:.3g} > {config.logits_rtol:g}')
+      checks.append({'variant': variant, 'seed': seed, 'rel_error': err})
+      clones[variant] = res
+    res = clones[variant]
+    plan_any, dst_any = res.plan, res.dst_cfg
+    conf = _with(config.target, seed=seed, init_from=init_dir, **{'model.name': 'init_from'})
+    if rate:
+      conf.model.dropout_rate = rate
+    run_dir = os.path.join(workdir, name)
+    stage(f'train the clone ({name}, seed {seed})')
+    wall = _train(name, conf, run_dir, eval_metrics_fn=_symmetry(res.plan))
+    runs.append(_record(name, 'clone', seed, variant, rate, run_dir,
+                        int(conf.num_train_steps), wall))
+  rconf = _with(random_config(config.target, config.source.model, dst_any), seed=seed)
+  run_dir = os.path.join(workdir, 'random')
+  stage(f'train the random-init model of the same width (seed {seed})')
+  wall = _train('random', rconf, run_dir, eval_metrics_fn=_symmetry(plan_any))
+  runs.append(_record('random', 'random', seed, '', 0.0, run_dir, int(rconf.num_train_steps),
+                      wall))
+  return {'runs': runs, 'checks': checks, 'src_cfg': src_cfg, 'dst_cfg': dst_any}
+
+
+def _clone_runs(config: Any, seed: int) -> list[tuple[str, float]]:
+  """(variant, dropout rate) of every clone run of a seed.
+
+  Every seed trains `variants[0]`; the other variants only the seeds in
+  `config.ablation_seeds` (None: all seeds).
+  """
+  abl = config.get('ablation_seeds')
+  variants = (tuple(config.variants) if abl is None or seed in tuple(abl)
+              else tuple(config.variants)[:1])
+  out = [(v, 0.0) for v in variants]
+  if seed in tuple(config.dropout.seeds):
+    out += [(v, float(config.dropout.rate)) for v in config.dropout.variants]
+  return out
+
+
+def _n_stages(config: Any, seed: int) -> int:
+  """Stages of a seed: source, a clone per variant, a training run per clone run, random."""
+  runs = _clone_runs(config, seed)
+  return 2 + len({v for v, _ in runs}) + len(runs)
+
+
+def _cpu_seconds() -> float:
+  """User + system CPU seconds of this process (all threads): a load-independent cost."""
+  import resource  # pylint: disable=g-import-not-at-top
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs every seed of `config` (configs/clone.py) in `workdir` and writes the report.
+
+  Returns the results dict also written to `<workdir>/results.json`.
+  Raises CloneCheckError when a clone does not preserve the logits.
+  """
+  from hyperinit.cloning import report  # pylint: disable=g-import-not-at-top
+  quiet_logs()
+  t0, cpu0 = time.perf_counter(), _cpu_seconds()
+  workdir = os.path.abspath(workdir)   # orbax refuses relative checkpoint paths
+  seeds = [int(s) for s in config.seeds]
+  n_stages = 2 + sum(_n_stages(config, s) for s in seeds)
+  count = [0]
+
+  def stage(msg):
+    count[0] += 1
+    banner(f'[{count[0]}/{n_stages}] {msg}  ({time.perf_counter() - t0:.0f} s elapsed)')
+
+  stage('prepare the data')
+  t = time.perf_counter()
+  info = tasks.dataset_info(config.source)
+  _say(f'dataset {config.source.data.dataset}: '
+       + (f'vocab {info.vocab_size}, splits {dict(info.num_examples)}' if info is not None
+          else 'synthetic') + f' [{time.perf_counter() - t:.1f} s]')
+  per_seed = {}
+  for seed in seeds:
+    per_seed[seed] = run_seed(config, os.path.join(workdir, f'seed_{seed}')
+                              if config.get('seed_dirs', len(seeds) > 1) else workdir, seed, stage)
+  stage('write the report')
+  any_seed = per_seed[seeds[0]]
+  results = report.summarize(config, per_seed, any_seed['src_cfg'], any_seed['dst_cfg'],
+                             wall_s=time.perf_counter() - t0, cpu_s=_cpu_seconds() - cpu0)
+  report.write_report(workdir, results)
+  _say(report.console_summary(results, workdir))
+  return results
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+__all__ = ['CloneCheckError', 'RunRecord', 'banner', 'clone_factors', 'load_results',
+           'random_config', 'run', 'run_seed', 'validation_inputs']
