@@ -7,7 +7,8 @@ Pieces for other experiments (muP sweeps, clone-then-train, GHN training):
 `make_optimizer`, `make_train_step`, `init_state`, `setup`, `evaluate`.
 """
 
-from hyperinit.train.loop import evaluate, global_batch, load_init_params, setup, train_and_evaluate
+from hyperinit.train.init_from import load_init_params
+from hyperinit.train.loop import evaluate, global_batch, setup, train_and_evaluate
 from hyperinit.train.optim import decay_mask, make_optimizer, make_schedule, scale_by_tree
 from hyperinit.train.step import (TrainState, abstract_state, init_state, make_eval_step,
                                   make_train_step, state_from_params, state_shardings)

@@ -21,7 +21,7 @@ from absl import logging
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models, sharding
 from hyperinit import spec as spec_lib
-from hyperinit.train import distributed, metrics as metrics_lib, optim, step as step_lib, tasks
+from hyperinit.train import distributed, init_from, metrics as metrics_lib, optim, step as step_lib, tasks
 
 
 def parse_rules(text: str | None) -> tuple[tuple[str, Any], ...]:
@@ -44,72 +44,6 @@ def make_rules(config: Any) -> tuple[tuple[str, Any], ...]:
   over = parse_rules(config.mesh.get('rules'))
   names = {n for n, _ in over}
   return over + tuple(r for r in sharding.DEFAULT_RULES if r[0] not in names)
-
-
-def _arch_diff(a: models.ModelConfig, b: models.ModelConfig) -> dict[str, tuple[Any, Any]]:
-  da, db = a.to_dict(), b.to_dict()
-  return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db))
-          if k not in tasks.RUNTIME_FIELDS and da.get(k) != db.get(k)}
-
-
-def _is_hf_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, 'config.json'))
-
-
-def _init_from_config(path: str, with_params: bool = True) -> tuple[models.ModelConfig, Any]:
-  """(model config recorded at `path`, HF params or None)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config.init_from={path!r} does not exist')
-  if _is_hf_dir(path):
-    from hyperinit import interop  # pylint: disable=g-import-not-at-top
-    if with_params:
-      return interop.load_hf(path)
-    return interop.config_from_hf(interop.read_config(path)), None
-  root, step = ckpt_lib.resolve(path)
-  meta = ckpt_lib.Checkpointer(root, read_only=True).meta(step)
-  return models.config_from_dict(meta['model_config']), None
-
-
-def _check_init_shapes(shapes: Any, model_cfg: models.ModelConfig, path: str) -> None:
-  """Raises naming the first leaf whose shape differs from `model_cfg`'s params."""
-  spec_lib.check_tree(shapes, models.param_specs(model_cfg), f'init_from {path}')
-  have = spec_lib.flatten(shapes)
-  for k, want in spec_lib.flatten(models.param_shapes(model_cfg)).items():
-    got = tuple(np.shape(have[k]))
-    if got != tuple(want.shape):
-      raise ValueError(f'init_from {path}: param {k!r} has shape {got}, the model expects '
-                       f'{tuple(want.shape)}')
-
-
-def load_init_params(path: str, model_cfg: models.ModelConfig, param_shardings: Any,
-                     hf_params: Any = None) -> Any:
-  """Params from an orbax checkpoint of ours or a Hugging Face directory, sharded.
-
-  Raises ValueError if a leaf's shape differs from `model_cfg`'s; other
-  config differences are logged.
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config.init_from={path!r} does not exist')
-  if _is_hf_dir(path):
-    if hf_params is None:
-      from hyperinit.interop import load_hf  # pylint: disable=g-import-not-at-top
-      src_cfg, hf_params = load_hf(path)
-    else:
-      src_cfg = model_cfg
-    _check_init_shapes(hf_params, model_cfg, path)
-    shapes = models.param_shapes(model_cfg)
-    params = jax.tree.map(lambda x, s, sh: jax.device_put(np.asarray(x, s.dtype), sh),
-                          hf_params, shapes, param_shardings)
-  else:
-    root, step = ckpt_lib.resolve(path)
-    src_cfg = models.config_from_dict(
-        ckpt_lib.Checkpointer(root, read_only=True).meta(step)['model_config'])
-    _check_init_shapes(models.param_shapes(src_cfg), model_cfg, path)
-    _, params = ckpt_lib.load_params(path, shardings=param_shardings)
-  diff = _arch_diff(src_cfg, model_cfg)
-  if diff:
-    logging.warning('init_from %s: model config differs from the run in %s', path, diff)
-  return params
 
 
 @dataclasses.dataclass
@@ -265,7 +199,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
       base_cfg = models.config_from_dict(saved_mup['target_config'] if saved_mup
                                          else saved_meta['model_config'])
     elif config.init_from:
-      base_cfg, hf_params = _init_from_config(config.init_from)
+      base_cfg, hf_params = init_from.init_from_config(config.init_from)
     else:
       raise ValueError("config.model.name='init_from' needs config.init_from")
   model_cfg = tasks.resolve_model_config(config, base_cfg)
@@ -292,7 +226,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   data_iter = iter(loader)
   target = step_lib.abstract_state(s.tx, s.shapes, s.shardings)
   if resume_step is not None:
-    diff = _arch_diff(models.config_from_dict(saved_meta['model_config']), model_cfg)
+    diff = init_from.arch_diff(models.config_from_dict(saved_meta['model_config']), model_cfg)
     if diff:
       raise ckpt_lib.CheckpointError(
           f'checkpoint {ckpt.directory / str(resume_step)} was written for another model: '
@@ -311,7 +245,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
     init_params = lambda k: spec_lib.unbox(models.init_boxed(model_cfg, k))
     rng = jax.random.key(seed)
     if config.init_from:
-      params = load_init_params(config.init_from, model_cfg, s.shardings.params, hf_params)
+      params = init_from.load_init_params(config.init_from, model_cfg, s.shardings.params, hf_params)
       if params_transform is not None:
         params = jax.jit(lambda p: params_transform(p, s.specs),
                          out_shardings=s.shardings.params)(params)
@@ -343,7 +277,7 @@ def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multi
                      'lr_multipliers= as well')
   run = mup_train.prepare(config, model_cfg, saved_meta=saved_meta)
   if fresh_init_from:
-    source = init_from_cfg or _init_from_config(config.init_from, with_params=False)[0]
+    source = init_from_cfg or init_from.init_from_config(config.init_from, with_params=False)[0]
     own = run.fold_transform(source)
   else:
     own = run.init_transform
