@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
-import math
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -19,19 +18,12 @@ from absl import flags
 
 from configs import lm as lm_configs
 from experiments import clone as clone_main
+from hf_testing import TOK_IDS, TOKENS, randomize_torch, require_hf
 from hyperinit import checkpoint, models
 from hyperinit.cloning import cli
 from hyperinit.train import loop, metrics
 
 RTOL = 1e-5
-TOKENS = np.random.RandomState(0).randint(0, 101, size=(2, 11))
-_TOK = dict(bos_token_id=0, eos_token_id=0, pad_token_id=None)
-
-
-def _hf():
-  torch = pytest.importorskip('torch', reason='torch is not installed (pip install .[hf])')
-  transformers = pytest.importorskip('transformers', reason='transformers is not installed')
-  return torch, transformers
 
 
 def run_cli(*args):
@@ -44,39 +36,27 @@ def run_cli(*args):
 # name -> (transformers config, extra CLI flags)
 HF_CASES = {
     'gpt2-head_dim-noisy_diagonal': (lambda T: T.GPT2Config(
-        vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4, **_TOK),
+        vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4, **TOK_IDS),
         ['--attention=head_dim', '--variant=noisy_diagonal']),
     'opt': (lambda T: T.OPTConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2,
                                   ffn_dim=64, max_position_embeddings=32, num_attention_heads=4,
-                                  **_TOK), ['--variant=diagonal']),
+                                  **TOK_IDS), ['--variant=diagonal']),
     'gpt_neox-partial-rotary': (lambda T: T.GPTNeoXConfig(
         vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=96, max_position_embeddings=32,
         rope_parameters={'rope_type': 'default', 'rope_theta': 500.0,
-                         'partial_rotary_factor': 0.5}, **_TOK), ['--mlp=3']),
+                         'partial_rotary_factor': 0.5}, **TOK_IDS), ['--mlp=3']),
     'llama-gqa-untied': (lambda T: T.LlamaConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **_TOK), []),
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **TOK_IDS), []),
     'llama-mqa-tied': (lambda T: T.LlamaConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32,
-        tie_word_embeddings=True, **_TOK), ['--variant=symmetric']),
+        tie_word_embeddings=True, **TOK_IDS), ['--variant=symmetric']),
     'olmo-gqa': (lambda T: T.OlmoConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **_TOK), []),
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **TOK_IDS), []),
 }
-
-
-def _randomize(torch, model, seed=0):
-  """O(1) activations, norm gains 1 + 0.2 N(0,1), biases 0.2 N(0,1): every parameter matters."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=g)
-      if p.ndim == 1:
-        p.copy_((1.0 if name.endswith('weight') else 0.0) + 0.2 * noise)
-      else:
-        p.copy_(noise / math.sqrt(p[0].numel()))
 
 
 def _logits(torch, model):
@@ -87,10 +67,10 @@ def _logits(torch, model):
 
 @pytest.mark.parametrize('name', sorted(HF_CASES))
 def test_hf_in_clone_hf_out_transformers_logits_equal(name, tmp_path):
-  torch, T = _hf()
+  torch, T = require_hf()
   make, extra = HF_CASES[name]
   src = T.AutoModelForCausalLM.from_config(make(T), attn_implementation='eager')
-  _randomize(torch, src)
+  randomize_torch(torch, src)
   src.save_pretrained(tmp_path / 'src')
   run_cli(f'--src={tmp_path / "src"}', f'--dst={tmp_path / "dst"}', '--factor=2', '--seed=3',
           '--check=false', *extra)   # the reference below is transformers itself
@@ -112,10 +92,10 @@ def test_hf_in_clone_hf_out_transformers_logits_equal(name, tmp_path):
 
 def test_hf_refusal_names_the_reason_and_suggests_orbax(tmp_path):
   """head_dim growth under RoPE is not a standard Llama: HF output refused, orbax written."""
-  torch, T = _hf()
+  torch, T = require_hf()
   src = T.AutoModelForCausalLM.from_config(HF_CASES['llama-gqa-untied'][0](T),
                                            attn_implementation='eager')
-  _randomize(torch, src)
+  randomize_torch(torch, src)
   src.save_pretrained(tmp_path / 'src')
   args = (f'--src={tmp_path / "src"}', f'--dst={tmp_path / "dst"}', '--factor=2',
           '--attention=head_dim', '--check=false')
