@@ -45,11 +45,16 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --dst.')
 _OPT = flags.DEFINE_bool('with_opt_state', False, 'Also widen the Adam moments (orbax src and '
                          'dst): --dst becomes a trainer workdir that resumes the run.')
 _CHECK = flags.DEFINE_bool('check', True, 'Compare clone and source logits (fp32).')
-flags.mark_flags_as_required(['src', 'dst'])
 
 
 def main(argv):
   del argv
+  # Checked here rather than with mark_flags_as_required, which would make every other
+  # absl main imported into the same process (tests) demand --src / --dst too.
+  missing = [f'--{f}' for f, v in (('src', _SRC.value), ('dst', _DST.value)) if not v]
+  if missing:
+    raise app.UsageError(f'{" and ".join(missing)} required: the checkpoint to clone and where '
+                         'to write the clone')
   try:
     src = cli.load_source(_SRC.value, _STEP.value)
     factors = cli.cli_factors(src.cfg, factor=_FACTOR.value, attention=_ATTN.value,

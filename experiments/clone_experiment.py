@@ -7,8 +7,6 @@ variants plus a symmetric clone trained with dropout; the report (mean ± std ov
 goes to DIR/report.md with loss_curves.png and symmetry.png.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,13 +20,7 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir/clone_experiment', 'Runs and 
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  config = _CONFIG.value
-  with config.unlocked():
-    config.command = ' '.join(['python -m experiments.clone_experiment'] + sys.argv[1:])
-  try:
-    experiment.run(config, _WORKDIR.value)
-  except experiment.CloneCheckError as e:
-    sys.exit(f'FAILED: {e}')
+  experiment.main(_CONFIG.value, _WORKDIR.value, 'python -m experiments.clone_experiment')
 
 
 if __name__ == '__main__':

@@ -7,8 +7,6 @@ report.md, loss_curves.png, symmetry.png and results.json into --workdir; rerunn
 reuses finished runs.  Settings: configs/clone.py (demo).
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,13 +20,7 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'Where runs and the re
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  config = _CONFIG.value
-  with config.unlocked():
-    config.command = ' '.join(['python -m experiments.demo'] + sys.argv[1:])
-  try:
-    experiment.run(config, _WORKDIR.value)
-  except experiment.CloneCheckError as e:
-    sys.exit(f'FAILED: {e}')
+  experiment.main(_CONFIG.value, _WORKDIR.value, 'python -m experiments.demo')
 
 
 if __name__ == '__main__':

@@ -10,11 +10,9 @@ built in a temporary directory beside the destination and renamed into place whe
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -22,6 +20,7 @@ import jax.numpy as jnp
 
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
+from hyperinit.interop import files
 
 _HF_DTYPE_KEYS = ('dtype', 'torch_dtype')
 
@@ -89,40 +88,9 @@ def _latest(root) -> int:
 
 # --- atomic directory trees -------------------------------------------------------------------
 
-@contextlib.contextmanager
 def atomic_tree(path: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a temp dir beside `path` that becomes `path` (a whole tree) only on success.
-
-  An existing non-empty `path` is refused unless `overwrite`; then it is moved
-  aside, the new tree renamed in, and the old one deleted.
-  """
-  path = os.path.abspath(os.fspath(path))
-  parent, base = os.path.split(path)
-  if os.path.lexists(path):
-    if not os.path.isdir(path):
-      raise FileExistsError(f'--dst {path!r} exists and is not a directory')
-    if os.listdir(path) and not overwrite:
-      raise FileExistsError(f'--dst {path!r} exists and is not empty; pass --overwrite to '
-                            'replace it')
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
-  try:
-    yield tmp
-    for root, _, files in os.walk(tmp):
-      for name in files:
-        with open(os.path.join(root, name), 'rb') as f:
-          os.fsync(f.fileno())
-    os.chmod(tmp, 0o755)
-    if os.path.isdir(path) and os.listdir(path):
-      old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
-      os.rename(path, os.path.join(old, base))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  """`interop.atomic_dir` for the CLI's --dst: the error names the --overwrite flag."""
+  return files.atomic_dir(path, overwrite, overwrite_hint='--overwrite')
 
 
 # --- writing ----------------------------------------------------------------------------------

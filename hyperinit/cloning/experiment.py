@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -315,3 +316,17 @@ def load_results(workdir: str) -> dict[str, Any]:
 
 __all__ = ['CloneCheckError', 'RunRecord', 'banner', 'clone_factors', 'load_results',
            'random_config', 'run', 'run_seed', 'validation_inputs']
+
+
+def main(config: Any, workdir: str, command: str) -> None:
+  """The absl entry points' body (experiments/demo.py, clone_experiment.py).
+
+  Records `command` (plus this process's flags) in the report; a clone that does
+  not preserve the logits exits with status 1 and the reason.
+  """
+  with config.unlocked():
+    config.command = ' '.join([command] + sys.argv[1:])
+  try:
+    run(config, workdir)
+  except CloneCheckError as e:
+    sys.exit(f'FAILED: {e}')

@@ -117,11 +117,13 @@ def parse_size(size: int | str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a temp dir beside `path` that becomes `path` only if the block succeeds.
+def atomic_dir(path: str, overwrite: bool = False,
+               overwrite_hint: str = 'overwrite=True') -> Iterator[str]:
+  """Yields a temp dir beside `path` that becomes `path` (a whole tree) only if the block succeeds.
 
-  An existing non-empty `path` is refused unless overwrite=True, in which case it
-  is replaced by two renames (old aside, new in) and then deleted.
+  An existing non-empty `path` is refused (the error says to pass `overwrite_hint`)
+  unless overwrite=True, in which case it is replaced by two renames (old aside,
+  new in) and then deleted.  Every file written is fsynced before the rename.
   """
   path = os.path.abspath(os.fspath(path))
   parent, base = os.path.split(path)
@@ -129,14 +131,16 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     if not os.path.isdir(path):
       raise FileExistsError(f'{path!r} exists and is not a directory')
     if os.listdir(path) and not overwrite:
-      raise FileExistsError(f'{path!r} exists and is not empty; pass overwrite=True to replace it')
+      raise FileExistsError(f'{path!r} exists and is not empty; pass {overwrite_hint} to replace '
+                            'it')
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
   try:
     yield tmp
-    for name in os.listdir(tmp):
-      with open(os.path.join(tmp, name), 'rb') as f:
-        os.fsync(f.fileno())
+    for root, _, names in os.walk(tmp):
+      for name in names:
+        with open(os.path.join(root, name), 'rb') as f:
+          os.fsync(f.fileno())
     os.chmod(tmp, 0o755)
     if os.path.isdir(path) and os.listdir(path):
       old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
