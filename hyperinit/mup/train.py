@@ -246,31 +246,14 @@ def make_optimizer(opt: Any, specs: Any, schedule: optax.Schedule, mults: Multip
   leaf's muP factor (wd_mode only concerns decoupled AdamW decay).
   """
   from hyperinit.train import optim  # pylint: disable=g-import-not-at-top
-  if opt.name not in optim.OPTIMIZERS:
-    raise ValueError(f'optimizer.name={opt.name!r}; expected one of {optim.OPTIMIZERS}')
-  wd = float(opt.weight_decay)
-  mask = (lambda p: optim.decay_mask(specs, p)) if wd else None
+  if opt.name == 'adamw' and float(opt.weight_decay) and wd_mode not in mup_optim.WD_MODES:
+    raise ValueError(f'wd_mode={wd_mode!r}; expected one of {mup_optim.WD_MODES}')
   eps_scales = None if mults is None else mup_optim.eps_multipliers(mults, eps_mode)
+  adam = mup_optim.scale_by_adam(float(opt.b1), float(opt.b2), float(opt.eps),
+                                 eps_scales=eps_scales)
   scale = mup_optim.scale_by_mup(mults, 'adam' if opt.name in ('adam', 'adamw') else 'sgd')
-  parts: list[optax.GradientTransformation] = []
-  if opt.grad_clip_norm:
-    parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
-  if opt.name in ('adam', 'sgd') and wd:
-    parts.append(optax.add_decayed_weights(wd, mask))   # coupled L2
-  if opt.name in ('adamw', 'adam'):
-    parts.append(mup_optim.scale_by_adam(float(opt.b1), float(opt.b2), float(opt.eps),
-                                         eps_scales=eps_scales))
-  elif opt.momentum:
-    parts.append(optax.trace(decay=float(opt.momentum), nesterov=bool(opt.nesterov)))
-  if opt.name == 'adamw' and wd:
-    if wd_mode not in mup_optim.WD_MODES:
-      raise ValueError(f'wd_mode={wd_mode!r}; expected one of {mup_optim.WD_MODES}')
-    decay = optax.add_decayed_weights(wd, mask)
-    parts += [scale, decay] if wd_mode == 'width_invariant' else [decay, scale]
-  else:
-    parts.append(scale)
-  parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts)
+  return optim.build_chain(opt, specs, schedule, leaf_scale=scale, adam=adam,
+                           leaf_scale_before_decay=wd_mode == 'width_invariant')
 
 
 # --- function-preserving change of forward multipliers ----------------------------------

@@ -84,6 +84,11 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def _check_name(opt: Any) -> None:
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'optimizer.name={opt.name!r}; expected one of {OPTIMIZERS}')
+
+
 def make_optimizer(opt: Any, total_steps: int, specs: Any = None, *,
                    lr_multipliers: Any = None,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -101,9 +106,31 @@ def make_optimizer(opt: Any, total_steps: int, specs: Any = None, *,
     (tx, schedule): `tx.update(grads, state, params)` as usual; `schedule(step)`
     is the peak-scaled learning rate, for logging.
   """
-  if opt.name not in OPTIMIZERS:
-    raise ValueError(f'optimizer.name={opt.name!r}; expected one of {OPTIMIZERS}')
+  _check_name(opt)
   schedule = make_schedule(opt, total_steps)
+  leaf_scale = None if lr_multipliers is None else scale_by_tree(lr_multipliers)
+  return build_chain(opt, specs, schedule, leaf_scale=leaf_scale), schedule
+
+
+def build_chain(opt: Any, specs: Any, schedule: optax.Schedule, *,
+                leaf_scale: optax.GradientTransformation | None = None,
+                adam: optax.GradientTransformation | None = None,
+                leaf_scale_before_decay: bool = False) -> optax.GradientTransformation:
+  """The trainer's optimizer chain (one definition, shared with muP):
+
+      clip_by_global_norm -> [adam/sgd: coupled L2] -> scale_by_adam | trace
+        -> [adamw: decoupled decay] -> [leaf_scale] -> scale_by_learning_rate
+
+  Args:
+    opt: `config.optimizer` (see `make_optimizer`).
+    specs: ParamSpec tree (selects the weight-decay leaves).
+    schedule: the learning-rate schedule.
+    leaf_scale: optional per-leaf update scaling (muP factors, `scale_by_tree`).
+    adam: replaces `optax.scale_by_adam(b1, b2, eps)` (e.g. muP's per-leaf eps).
+    leaf_scale_before_decay: put `leaf_scale` before AdamW's decoupled decay, so
+      the decay is not scaled (muP's width-invariant decay).
+  """
+  _check_name(opt)
   wd = float(opt.weight_decay)
   mask = (lambda p: decay_mask(specs, p)) if wd else None
   parts: list[optax.GradientTransformation] = []
@@ -112,15 +139,18 @@ def make_optimizer(opt: Any, total_steps: int, specs: Any = None, *,
   if opt.name in ('adam', 'sgd') and wd:
     parts.append(optax.add_decayed_weights(wd, mask))   # coupled L2
   if opt.name in ('adamw', 'adam'):
-    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
+    parts.append(adam or optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2),
+                                             eps=float(opt.eps)))
   elif opt.momentum:
     parts.append(optax.trace(decay=float(opt.momentum), nesterov=bool(opt.nesterov)))
+  scale = [] if leaf_scale is None else [leaf_scale]
   if opt.name == 'adamw' and wd:
-    parts.append(optax.add_decayed_weights(wd, mask))   # decoupled (AdamW)
-  if lr_multipliers is not None:
-    parts.append(scale_by_tree(lr_multipliers))
+    decay = [optax.add_decayed_weights(wd, mask)]   # decoupled (AdamW)
+    parts += scale + decay if leaf_scale_before_decay else decay + scale
+  else:
+    parts += scale
   parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+  return optax.chain(*parts)
 
 
 OptimizerFactory = Callable[[Any, Any, optax.Schedule], optax.GradientTransformation]
