@@ -182,6 +182,18 @@ def flatten(tree: Any, is_leaf=None) -> dict[str, Any]:
   return {path_str(p): v for p, v in leaves}
 
 
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """Inverse of `flatten`: {'a/b': x} -> {'a': {'b': x}} (plain nested dicts)."""
+  out: dict[str, Any] = {}
+  for path, v in flat.items():
+    node = out
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
 def check_tree(params: Any, specs: Any, what: str = 'params') -> None:
   """Raises ValueError naming the first leaf whose tree or rank disagrees with the specs."""
   flat_p = flatten(params)
@@ -228,11 +240,4 @@ def specs_to_json(specs: Any) -> str:
 
 def specs_from_json(text: str) -> dict[str, Any]:
   """Inverse of `specs_to_json`, as a nested dict."""
-  out: dict[str, Any] = {}
-  for path, d in json.loads(text).items():
-    node = out
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = ParamSpec.from_json(d)
-  return out
+  return unflatten({path: ParamSpec.from_json(d) for path, d in json.loads(text).items()})

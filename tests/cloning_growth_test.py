@@ -307,7 +307,7 @@ def nnx_specs(state):
   for path, var in nnx.to_flat_state(state):
     axes = tuple(var.get_metadata()['out_sharding'])
     flat['/'.join(map(str, path))] = ParamSpec(axes, (0,) if len(axes) >= 2 else ())
-  return cloning.unflatten(flat)
+  return spec.unflatten(flat)
 
 
 def test_nnx_pure_dict_round_trip():

@@ -112,18 +112,7 @@ def _symmetric_clone(cfg, params, n=2):
     out[path] = x
   wide = cfg.replace(embed_dim=n * cfg.embed_dim, mlp_dim=n * cfg.mlp_dim,
                      num_heads=n * cfg.num_heads)
-  return wide, _unflatten(out)
-
-
-def _unflatten(flat):
-  tree = {}
-  for path, x in flat.items():
-    *parents, leaf = path.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = x
-  return tree
+  return wide, spec_lib.unflatten(out)
 
 
 def _perturbed(cfg, seed):

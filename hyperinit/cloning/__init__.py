@@ -24,7 +24,7 @@ from hyperinit.cloning.optim import (grad_scale, scale_by_tree, update_multiplie
                                      widen_like_gradient, widen_opt_state)
 from hyperinit.cloning.symmetry import symmetry, symmetry_fn, symmetry_summary
 from hyperinit.cloning.widen import (TIE_MODES, VARIANTS, ClonePlan, LeafPlan, apply_plan, clone,
-                                     clone_fn, logical_shardings, make_plan, unflatten)
+                                     clone_fn, logical_shardings, make_plan)
 
 __all__ = ['KV_RULES', 'NOISE_DISTS', 'NON_WIDENABLE', 'TIE_MODES', 'VARIANTS', 'ClonePlan',
            'LeafPlan', 'apply_plan', 'clone', 'clone_config', 'clone_fn', 'clone_model',
@@ -32,5 +32,5 @@ __all__ = ['KV_RULES', 'NOISE_DISTS', 'NON_WIDENABLE', 'TIE_MODES', 'VARIANTS', 
            'grow_depth_config', 'grow_depth_model', 'grow_depth_opt_state', 'hash_noise',
            'logical_shardings', 'make_plan', 'nonstandard_reasons', 'plan_model',
            'resolve_factors', 'scale_by_tree', 'source_sizes', 'symmetry', 'symmetry_fn',
-           'symmetry_summary', 'unflatten', 'update_multipliers', 'widen_like_gradient',
+           'symmetry_summary', 'update_multipliers', 'widen_like_gradient',
            'widen_opt_state', 'writes_residual']

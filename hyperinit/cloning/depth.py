@@ -140,7 +140,7 @@ def grow_depth(params: Any, specs: Any, factor: int, layout: str = 'interleave',
           dst = f'{prefix}_{d}/{rest}'
           out_p[dst] = fill(jnp.asarray(flat_p[path]), flat_s[path], new)
           out_s[dst] = flat_s[path]
-  return widen.unflatten(out_p), widen.unflatten(out_s)
+  return spec_lib.unflatten(out_p), spec_lib.unflatten(out_s)
 
 
 def grow_depth_config(cfg: ModelConfig, factor: int) -> ModelConfig:

@@ -62,7 +62,7 @@ def widen_like_gradient(tree: Any, plan: widen.ClonePlan, power: int = 1) -> dic
     s = grad_scale(lp) ** power
     tiled = dataclasses.replace(lp, scale=s * lp.n_in)   # build_leaf divides by N_in
     out[lp.path] = widen.build_leaf_cached(flat[lp.src], tiled, 'symmetric')
-  return widen.unflatten(out)
+  return spec_lib.unflatten(out)
 
 
 def _param_paths(plan: widen.ClonePlan) -> set[str]:
@@ -120,7 +120,7 @@ def update_multipliers(plan: widen.ClonePlan) -> dict[str, Any]:
   out = {}
   for lp in plan.leaves:
     out[lp.path] = 1.0 if lp.perm is not None else lp.scale / lp.n_in
-  return widen.unflatten(out)
+  return spec_lib.unflatten(out)
 
 
 def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:

@@ -118,30 +118,18 @@ class ClonePlan:
   @property
   def dst_specs(self) -> dict[str, Any]:
     """Nested dict of destination `ParamSpec`s."""
-    return unflatten({lp.path: lp.spec for lp in self.leaves})
+    return spec_lib.unflatten({lp.path: lp.spec for lp in self.leaves})
 
   @property
   def dst_shapes(self) -> dict[str, Any]:
     """Nested dict of destination shapes (tuples)."""
-    return unflatten({lp.path: lp.dst_shape for lp in self.leaves})
+    return spec_lib.unflatten({lp.path: lp.dst_shape for lp in self.leaves})
 
   def leaf(self, path: str) -> LeafPlan:
     for lp in self.leaves:
       if lp.path == path:
         return lp
     raise KeyError(f'no destination leaf {path!r} in this clone plan')
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """{'a/b': x} -> {'a': {'b': x}}."""
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    *parents, last = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return out
 
 
 def make_plan(specs: Any, shapes: Any, factors: Mapping[str, Any], variant: str = 'noisy_symmetric',
@@ -366,7 +354,7 @@ def apply_plan(plan: ClonePlan, params: Any, rng: jax.Array | None = None) -> di
     if needs_noise(lp, plan.variant):
       seeds = noise_lib.leaf_seeds(base, lp.path, noise_draws(lp))
     out[lp.path] = build_leaf_cached(w, lp, plan.variant, plan.snr_db, seeds, plan.noise_dist)
-  return unflatten(out)
+  return spec_lib.unflatten(out)
 
 
 def clone(params: Any, specs: Any, factors: Mapping[str, Any], variant: str = 'noisy_symmetric',

@@ -180,21 +180,10 @@ def load_hf(path: str | os.PathLike, param_dtype: str = 'float32', *,
       flat.update({o: np.ascontiguousarray(x) for o, x in zip(e.ours, xs)})
   finally:
     reader.close()
-  params = _unflatten(flat)
+  params = spec_lib.unflatten(flat)
   if scan_layers:
     params, cfg = convert.stack_layers(params, cfg.num_layers), cfg.replace(scan_layers=True)
   return cfg, params
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    *parents, leaf = path.split('/')
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -203,7 +192,7 @@ def _check_params(cfg: ModelConfig, params: Mapping[str, Any]) -> dict[str, Any]
   """Flat unscanned params (either layout accepted), checked leaf by leaf against the config."""
   params = convert.unstack_layers(dict(params), cfg.num_layers)
   flat_s, flat_p = _layout(cfg)
-  spec_lib.check_tree(params, _unflatten(flat_s))
+  spec_lib.check_tree(params, spec_lib.unflatten(flat_s))
   flat = spec_lib.flatten(params)
   for name, shape in flat_p.items():
     if tuple(np.shape(flat[name])) != shape:

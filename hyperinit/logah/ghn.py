@@ -242,13 +242,6 @@ def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax
 _decode_leaf_jit = jax.jit(decode_leaf, static_argnums=(0, 3))
 
 
-def _set(tree: dict, path: str, value) -> None:
-  *parents, leaf = path.split('/')
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
-
-
 def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
                   grouped: bool | None = None) -> dict:
   """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
@@ -272,8 +265,8 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
     for plan in plans:
       idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
       node = jax.tree.map(lambda c: c[idx], codes)
-      _set(out, plan.path, _decode_leaf_jit(cfg, params, node, plan.decode))
-    return out
+      out[plan.path] = _decode_leaf_jit(cfg, params, node, plan.decode)
+    return spec_lib.unflatten(out)
   groups: dict[LeafDecode, list[LeafPlan]] = {}
   for plan in plans:
     groups.setdefault(plan.decode, []).append(plan)
@@ -283,9 +276,9 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
     start = 0
     for p in members:
       n = len(p.nodes)
-      _set(out, p.path, stacked[start:start + n] if p.scanned else stacked[start])
+      out[p.path] = stacked[start:start + n] if p.scanned else stacked[start]
       start += n
-  return out
+  return spec_lib.unflatten(out)
 
 
 def predict(cfg: GHNConfig, params: dict, target: ModelConfig, graph: Graph | None = None) -> dict:
