@@ -11,24 +11,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import lm as lm_configs
+import train_testing
 from hyperinit import checkpoint, models
 from hyperinit.train import loop, step as step_lib
 
 
 def _config(steps=6, **mesh):
-  cfg = lm_configs.get_config('tiny')
-  cfg.data.dataset = 'synthetic'
-  cfg.data.seq_len = 32
-  cfg.batch_size = 16
-  cfg.num_train_steps = steps
-  cfg.optimizer.warmup_steps = 2
-  cfg.optimizer.decay_steps = 20
-  cfg.log_every, cfg.eval_every = 3, 0
-  cfg.checkpoint.every = 3
-  for k in ('data', 'fsdp', 'tensor'):
-    cfg.mesh[k] = mesh.get(k, 1)
-  return cfg
+  return train_testing.tiny_lm_config(steps, **{
+      'batch_size': 16, 'optimizer.decay_steps': 20, 'log_every': 3, 'eval_every': 0,
+      'checkpoint.every': 3, **{f'mesh.{k}': mesh.get(k, 1) for k in ('data', 'fsdp', 'tensor')}})
 
 
 def _tree_digest(root):

@@ -16,9 +16,9 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 
-from configs import lm as lm_configs
 from experiments import clone as clone_main
 from hf_testing import TOK_IDS, TOKENS, randomize_torch, require_hf
+import train_testing
 from hyperinit import checkpoint, models
 from hyperinit.cloning import cli
 from hyperinit.train import loop, metrics
@@ -115,25 +115,11 @@ def test_hf_refusal_names_the_reason_and_suggests_orbax(tmp_path):
 # --- our trainer's checkpoints ------------------------------------------------------------
 
 def lm_config(steps, **kw):
-  c = lm_configs.get_config('tiny')
-  c.data.dataset = 'synthetic'
-  c.data.seq_len = 32
-  c.batch_size = 8
-  c.num_train_steps = steps
-  c.optimizer.warmup_steps = 2
-  c.optimizer.learning_rate = 1e-2
-  c.log_every = c.eval_every = 4
-  c.eval_batches = 2
-  c.checkpoint.every = 4
-  c.checkpoint.async_save = False
-  c.mesh.data = -1              # data parallel over the 8 forced host devices
-  for key, v in kw.items():
-    *parents, leaf = key.split('.')
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return train_testing.tiny_lm_config(steps, **{
+      'batch_size': 8, 'optimizer.learning_rate': 1e-2, 'log_every': 4, 'eval_every': 4,
+      'eval_batches': 2, 'checkpoint.every': 4, 'checkpoint.async_save': False,
+      'mesh.data': -1,   # data parallel over the 8 forced host devices
+      **kw})
 
 
 @pytest.fixture(scope='module')

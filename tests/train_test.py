@@ -15,29 +15,15 @@ import pytest
 
 from configs import lm as lm_configs
 from configs import vit as vit_configs
+import train_testing
 from hyperinit import checkpoint, models
 from hyperinit.train import loop, metrics, optim, step as step_lib, synthetic, tasks
 
 
 def lm_config(steps=8, **kw):
-  cfg = lm_configs.get_config('tiny')
-  cfg.data.dataset = 'synthetic'
-  cfg.data.seq_len = 32
-  cfg.batch_size = 16
-  cfg.num_train_steps = steps
-  cfg.optimizer.warmup_steps = 2
-  cfg.log_every = 4
-  cfg.eval_every = 4
-  cfg.eval_batches = 2
-  cfg.checkpoint.every = 4
-  cfg.checkpoint.async_save = False
-  for key, v in kw.items():  # 'optimizer.learning_rate' -> cfg.optimizer.learning_rate
-    *parents, leaf = key.split('.')
-    target = cfg
-    for part in parents:
-      target = target[part]
-    target[leaf] = v
-  return cfg
+  return train_testing.tiny_lm_config(steps, **{
+      'batch_size': 16, 'log_every': 4, 'eval_every': 4, 'eval_batches': 2,
+      'checkpoint.every': 4, 'checkpoint.async_save': False, **kw})
 
 
 # --- optimizer ------------------------------------------------------------------
