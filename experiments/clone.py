@@ -6,7 +6,7 @@
     python -m experiments.clone --src=hf/llama --dst=out --factor=2 --attention=head_dim \
         --format=orbax       # head_dim growth under RoPE is not a standard HF model
 
-See docs/cloning.md ("CLI") and hyperinit/cloning/cli.py.
+See docs/cloning.md ("CLI") and hyperinit/studies/clone_cli.py.
 """
 
 import sys
@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 
 from hyperinit import checkpoint, cloning
-from hyperinit.cloning import cli
+from hyperinit.studies import clone_cli as cli
 
 _SRC = flags.DEFINE_string('src', None, 'Trainer workdir / checkpoint dir / step dir, or a '
                            'Hugging Face directory (config.json + safetensors).')

@@ -2,7 +2,7 @@
 
     python -m experiments.clone_experiment --config=configs/clone.py:experiment --workdir=DIR
 
-Same pipeline as `make demo` (hyperinit.cloning.experiment) over several seeds and clone
+Same pipeline as `make demo` (hyperinit.studies.clone_experiment) over several seeds and clone
 variants plus a symmetric clone trained with dropout; the report (mean ± std over seeds)
 goes to DIR/report.md with loss_curves.png and symmetry.png.
 """
@@ -10,7 +10,7 @@ goes to DIR/report.md with loss_curves.png and symmetry.png.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.cloning import experiment
+from hyperinit.studies import clone_experiment as experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone.py:experiment',
                                           'Clone config[:variant].', lock_config=True)

@@ -10,7 +10,7 @@ reuses finished runs.  Settings: configs/clone.py (demo).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.cloning import experiment
+from hyperinit.studies import clone_experiment as experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone.py', 'Clone config[:variant].',
                                           lock_config=True)

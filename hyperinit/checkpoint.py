@@ -1,7 +1,7 @@
-"""Orbax checkpoints of a training run: params, optimizer, step, rng, data position.
+"""Every on-disk format of parameters: orbax run checkpoints and "params + config" directories.
 
-A checkpoint directory (`<workdir>/checkpoints`) holds one sub-directory per
-saved step, each with the items
+Run checkpoints (`Checkpointer`, `<workdir>/checkpoints`) hold one sub-directory
+per saved step, each with the items
 
   params     the model params (orbax StandardSave: sharded, per-shard files)
   opt_state  the optimizer state
@@ -10,14 +10,19 @@ saved step, each with the items
   meta       JSON: the model config (`cfg.to_dict()`), the ParamSpec tree, the
              run's config, process count and mesh shape at save time.
 
+A params directory (`save_params` / `save_model`: a clone, a GHN prediction, a
+GHN itself) is the same layout with one step (0) and only the items `params`
+and `meta`, so everything that reads params reads both: `load_params(path)`
+gives `(model_config, params)` from a run workdir, a checkpoint root, one step
+directory, a params directory or a Hugging Face directory; this is what
+`config.init_from`, the clone CLI and `experiments.predict` use.
+
 Orbax writes each step into a temporary directory and renames it when every
 item is complete, so a step directory is either whole or absent (a kill during
-an async save leaves only a temporary directory, which is ignored).
-
+an async save leaves only a temporary directory, which is ignored); params
+directories are built beside their destination and renamed into place.
 Restoring takes target shardings, so a checkpoint written on one mesh / device
-count / process count restores onto any other.  `load_params(path)` gives
-`(model_config, params)` from a checkpoint alone (for init_from and the clone
-CLI).
+count / process count restores onto any other.
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from hyperinit import models
+from hyperinit import _io, interop, models
 from hyperinit import spec as spec_lib
 
 ITEMS = ('params', 'opt_state', 'train', 'data', 'meta')
+RUN_ITEMS = ('params', 'opt_state', 'train', 'meta')   # what a training run restores
+PARAMS_ITEMS = ('params', 'meta')                      # what every params reader needs
 
 
 class CheckpointError(RuntimeError):
@@ -112,7 +120,7 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def _check_step(self, step: int | None) -> int:
+  def _check_step(self, step: int | None, items: tuple[str, ...] = RUN_ITEMS) -> int:
     steps = self.all_steps()
     if step is None:
       if not steps:
@@ -122,20 +130,19 @@ class Checkpointer:
       raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; '
                             f'available steps: {steps}')
     step_dir = self.directory / str(step)
-    missing = [i for i in ITEMS if i != 'data' and not (step_dir / i).exists()]
+    missing = [i for i in items if not (step_dir / i).exists()]
     if missing:
       raise CheckpointError(f'checkpoint {step_dir} is incomplete: items {missing} are missing')
     return step
 
   def meta(self, step: int | None = None) -> dict[str, Any]:
     """The JSON metadata of a step (default: the latest)."""
-    step = self._check_step(step)
-    path = self.directory / str(step) / 'meta' / 'metadata'  # the JsonSave file of item 'meta'
+    step = self._check_step(step, ('meta',))
     try:
-      return json.loads(path.read_text())
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable metadata '
-                            f'{path} ({_short(e)})') from e
+                            f'({_short(e)})') from e
 
   # --- save / restore --------------------------------------------------------
 
@@ -258,40 +265,131 @@ def run_meta(model_cfg: models.ModelConfig, specs: Any, config: Any = None,
   }
 
 
-def load_params(path: str | os.PathLike, step: int | None = None,
-                shardings: Any = None) -> tuple[models.ModelConfig, Any]:
-  """(model config, params) from a checkpoint written by the trainer.
+def is_hf_dir(path: str | os.PathLike) -> bool:
+  """Whether `path` is a Hugging Face checkpoint directory (has config.json)."""
+  return os.path.isfile(os.path.join(os.fspath(path), 'config.json'))
+
+
+def save_params(path: str | os.PathLike, params: Any, meta: dict[str, Any], *,
+                overwrite: bool = False, overwrite_hint: str = 'overwrite=True') -> str:
+  """Writes `params` (any pytree of arrays) and JSON `meta` as a params directory, atomically.
+
+  The directory is a checkpoint root with one step, 0, holding the items
+  `params` and `meta`: `read_meta`, `restore_params` and (with a model config in
+  `meta`) `load_params` and `config.init_from` read it.  An existing non-empty
+  `path` is refused unless `overwrite` (the error names `overwrite_hint`).
+  """
+  with _io.atomic_dir(os.fspath(path), overwrite, overwrite_hint) as tmp:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           enable_async_checkpointing=False)
+    with ocp.CheckpointManager(tmp, options=options) as manager:
+      manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                              meta=ocp.args.JsonSave(dict(meta, step=0))),
+                   force=True)
+      manager.wait_until_finished()
+  return os.fspath(path)
+
+
+def save_model(path: str | os.PathLike, cfg: models.ModelConfig, params: Any, *,
+               info: dict[str, Any] | None = None, overwrite: bool = False,
+               overwrite_hint: str = 'overwrite=True') -> str:
+  """`save_params` for a model: its config and annotations travel in the metadata.
 
   Args:
-    path: a workdir, its `checkpoints/` dir, or one step dir.
+    path: output directory (written atomically).
+    cfg: the model config; `params` must have `models.param_shapes(cfg)`'s tree.
+    params: nested dict of arrays.
+    info: extra JSON-able metadata under its own keys (e.g. {'clone': {...}}).
+  """
+  specs = models.param_specs(cfg)
+  spec_lib.check_tree(params, specs, 'params')
+  meta = run_meta(cfg, specs)
+  meta.update(info or {})
+  return save_params(path, params, meta, overwrite=overwrite, overwrite_hint=overwrite_hint)
+
+
+def _open(path: str | os.PathLike, step: int | None) -> tuple[Checkpointer, int]:
+  root, path_step = resolve(path)
+  ckpt = Checkpointer(root, read_only=True)
+  step = ckpt._check_step(step if step is not None else path_step, PARAMS_ITEMS)  # pylint: disable=protected-access
+  return ckpt, step
+
+
+def read_meta(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+  """The metadata of a run checkpoint or params directory (default step: the path's, else
+  the latest)."""
+  ckpt, step = _open(path, step)
+  return ckpt.meta(step)
+
+
+def read_model_config(path: str | os.PathLike, step: int | None = None) -> models.ModelConfig:
+  """The model config recorded at `path` (ours) or in its config.json (Hugging Face)."""
+  if is_hf_dir(path):
+    return interop.config_from_hf(interop.read_config(path))
+  meta = read_meta(path, step)
+  if 'model_config' not in meta:
+    raise CheckpointError(f'checkpoint {path} has no model_config in its metadata (a GHN? '
+                          'load it with hyperinit.logah.saving.load_ghn)')
+  return models.config_from_dict(meta['model_config'])
+
+
+def _targets(shapes: Any, shardings: Any) -> Any:
+  if shardings is None:
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: dev, shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
+def restore_params(path: str | os.PathLike, shapes: Any, step: int | None = None,
+                   shardings: Any = None) -> Any:
+  """The `params` item at `path`, restored onto `shapes` (a tree of ShapeDtypeStructs).
+
+  Args:
+    path: a run workdir, its `checkpoints/` root, one step dir or a params dir.
+    shapes: the expected tree (shapes and dtypes; a leaf whose shape differs
+      raises naming it).
     step: which step (default: the one in `path`, else the latest).
+    shardings: a matching tree of shardings (default: the first local device).
+  """
+  ckpt, step = _open(path, step)
+  target = _targets(shapes, shardings)
+  ckpt._check_shapes(step, target)  # pylint: disable=protected-access
+  try:
+    params = ckpt.manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'could not read params from {ckpt.directory / str(step)}: '
+                          f'{_short(e)}') from e
+  logging.info('loaded params of step %d from %s', step, ckpt.directory)
+  return params
+
+
+def load_params(path: str | os.PathLike, step: int | None = None,
+                shardings: Any = None) -> tuple[models.ModelConfig, Any]:
+  """(model config, params) from any params source.
+
+  Args:
+    path: a trainer workdir, its `checkpoints/` dir, one step dir, a params
+      directory (`save_model`: a clone, a GHN prediction) or a Hugging Face
+      directory (config.json + safetensors).
+    step: which step of our checkpoints (default: the one in `path`, else the
+      latest); not for Hugging Face directories.
     shardings: a tree of shardings for the params (default: all on the first
       local device), or a callable `(cfg) -> shardings`.
 
   Returns:
     (cfg, params): `models.build(cfg).apply({'params': params}, x)` works.
   """
-  root, path_step = resolve(path)
-  ckpt = Checkpointer(root, read_only=True)
-  step = step if step is not None else path_step
-  step = ckpt._check_step(step)  # pylint: disable=protected-access
-  meta = ckpt.meta(step)
-  if 'model_config' not in meta:
-    raise CheckpointError(f'checkpoint {root / str(step)} has no model_config in its metadata')
-  cfg = models.config_from_dict(meta['model_config'])
-  shapes = models.param_shapes(cfg)
+  cfg = read_model_config(path, step)
   if callable(shardings):
     shardings = shardings(cfg)
-  if shardings is None:
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: dev, shapes)
-  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
-  ckpt._check_shapes(step, target)  # pylint: disable=protected-access
-  try:
-    params = ckpt.manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'could not read params from {root / str(step)}: {_short(e)}') from e
-  logging.info('loaded params of step %d from %s', step, root)
-  return cfg, params
+  shapes = models.param_shapes(cfg)
+  if not is_hf_dir(path):
+    return cfg, restore_params(path, shapes, step, shardings)
+  if step is not None:
+    raise ValueError(f'step={step} applies to our checkpoints; {path} is a Hugging Face directory')
+  _, hf_params = interop.load_hf(path)
+  targets = _targets(shapes, shardings)
+  return cfg, jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+                           hf_params, targets)

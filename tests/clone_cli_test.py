@@ -19,8 +19,8 @@ from absl import flags
 from experiments import clone as clone_main
 from hf_testing import TOK_IDS, TOKENS, randomize_torch, require_hf
 import train_testing
-from hyperinit import checkpoint, models
-from hyperinit.cloning import cli
+from hyperinit import _io, checkpoint, models
+from hyperinit.studies import clone_cli as cli
 from hyperinit.train import loop, metrics
 
 RTOL = 1e-5
@@ -220,7 +220,7 @@ def test_existing_output_missing_source_and_atomic_write(source_run, tmp_path):
     run_cli(f'--src={tmp_path / "nope"}', f'--dst={tmp_path / "x"}', '--factor=2')
   # a failure while writing leaves the old output untouched and no temporary directory
   with pytest.raises(RuntimeError, match='disk full'):
-    with cli.atomic_tree(str(dst), overwrite=True) as tmp:
+    with _io.atomic_dir(str(dst), overwrite=True) as tmp:
       open(os.path.join(tmp, 'partial'), 'w').close()
       raise RuntimeError('disk full')
   assert sorted(os.listdir(dst)) == ['keep.txt'] and sorted(os.listdir(tmp_path)) == ['dst']

@@ -13,7 +13,8 @@ from absl import flags
 
 from configs import clone as clone_configs
 from experiments import demo as demo_main
-from hyperinit.cloning import experiment, report, widen
+from hyperinit.cloning import widen
+from hyperinit.studies import clone_experiment as experiment, clone_report as report
 from hyperinit.train import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

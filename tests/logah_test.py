@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperinit import models, spec
+from hyperinit import checkpoint, models, spec
 from hyperinit.logah import batching, decoders, ghn as ghn_lib, meta, samplers
 from hyperinit.logah.graph import OP_ID, build_graph, check_leaf_mapping, shortest_paths, size_bin
 
@@ -373,8 +373,8 @@ def test_save_and_load_round_trip(small_params, tmp_path):
     np.testing.assert_array_equal(a, b)
   target = models.get_config('gpt2-tiny')
   predicted = ghn_lib.predict(cfg, params, target)
-  saving.save_predicted(str(tmp_path / 'pred'), target, predicted)
-  back_cfg, back = saving.load_predicted(str(tmp_path / 'pred'))
+  checkpoint.save_model(str(tmp_path / 'pred'), target, predicted)
+  back_cfg, back = checkpoint.load_params(str(tmp_path / 'pred'))
   assert back_cfg == target
   np.testing.assert_array_equal(back['block_1']['mlp']['wo']['kernel'],
                                 predicted['block_1']['mlp']['wo']['kernel'])

@@ -6,13 +6,12 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from hyperinit._io import atomic_dir  # re-exported: interop.atomic_dir
 from hyperinit.interop.base import Family
 
 CONFIG, WEIGHTS, INDEX = 'config.json', 'model.safetensors', 'model.safetensors.index.json'
@@ -114,41 +113,3 @@ def parse_size(size: int | str) -> int:
   if not m:
     raise ValueError(f'max_shard_size={size!r}: expected bytes or a string like "5GB" / "500MiB"')
   return int(float(m.group(1)) * _UNITS[m.group(2) or ''])
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str, overwrite: bool = False,
-               overwrite_hint: str = 'overwrite=True') -> Iterator[str]:
-  """Yields a temp dir beside `path` that becomes `path` (a whole tree) only if the block succeeds.
-
-  An existing non-empty `path` is refused (the error says to pass `overwrite_hint`)
-  unless overwrite=True, in which case it is replaced by two renames (old aside,
-  new in) and then deleted.  Every file written is fsynced before the rename.
-  """
-  path = os.path.abspath(os.fspath(path))
-  parent, base = os.path.split(path)
-  if os.path.lexists(path):
-    if not os.path.isdir(path):
-      raise FileExistsError(f'{path!r} exists and is not a directory')
-    if os.listdir(path) and not overwrite:
-      raise FileExistsError(f'{path!r} exists and is not empty; pass {overwrite_hint} to replace '
-                            'it')
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
-  try:
-    yield tmp
-    for root, _, names in os.walk(tmp):
-      for name in names:
-        with open(os.path.join(root, name), 'rb') as f:
-          os.fsync(f.fileno())
-    os.chmod(tmp, 0o755)
-    if os.path.isdir(path) and os.listdir(path):
-      old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
-      os.rename(path, os.path.join(old, base))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)  # replaces an empty directory
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise

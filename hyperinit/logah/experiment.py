@@ -72,7 +72,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         run_dir = os.path.join(workdir, pool_name, f'{decoder}_s{seed}')
         key = f'meta/{pool_name}/{decoder}_s{seed}'
         done_dir = os.path.join(run_dir, 'ghn')
-        if os.path.exists(os.path.join(done_dir, 'ghn_config.json')):
+        if os.path.isdir(done_dir):   # written atomically: whole or absent
           ghns[(decoder, seed)] = saving.load_ghn(done_dir)
         else:
           t0 = time.perf_counter()

@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -240,8 +239,7 @@ def train_ghn(config: Any, workdir: str, *,
     step = int(state['step'])
     done = step == total
     ghn_dir = os.path.join(workdir, 'ghn')
-    if done and not os.path.exists(os.path.join(ghn_dir, 'ghn_config.json')):
-      shutil.rmtree(ghn_dir, ignore_errors=True)  # a save cut short (the JSON is written last)
+    if done and not os.path.isdir(ghn_dir):   # written atomically: whole or absent
       saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
   finally:
     watcher.close()

@@ -192,14 +192,14 @@ def train_and_evaluate(config: Any, workdir: str, *,
   # The model: from config.model, or the one recorded by init_from / our own checkpoint.
   saved_meta = ckpt.meta(resume_step) if resume_step is not None else None
   saved_mup = (saved_meta or {}).get('mup')
-  base_cfg, hf_params = None, None
+  base_cfg = None
   if config.model.name == 'init_from':
     if resume_step is not None:
       # A muP run records its model before muP's multipliers: muP is re-derived from it.
       base_cfg = models.config_from_dict(saved_mup['target_config'] if saved_mup
                                          else saved_meta['model_config'])
     elif config.init_from:
-      base_cfg, hf_params = init_from.init_from_config(config.init_from)
+      base_cfg = init_from.init_from_config(config.init_from)
     else:
       raise ValueError("config.model.name='init_from' needs config.init_from")
   model_cfg = tasks.resolve_model_config(config, base_cfg)
@@ -245,7 +245,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
     init_params = lambda k: spec_lib.unbox(models.init_boxed(model_cfg, k))
     rng = jax.random.key(seed)
     if config.init_from:
-      params = init_from.load_init_params(config.init_from, model_cfg, s.shardings.params, hf_params)
+      params = init_from.load_init_params(config.init_from, model_cfg, s.shardings.params)
       if params_transform is not None:
         params = jax.jit(lambda p: params_transform(p, s.specs),
                          out_shardings=s.shardings.params)(params)
@@ -277,7 +277,7 @@ def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multi
                      'lr_multipliers= as well')
   run = mup_train.prepare(config, model_cfg, saved_meta=saved_meta)
   if fresh_init_from:
-    source = init_from_cfg or init_from.init_from_config(config.init_from, with_params=False)[0]
+    source = init_from_cfg or init_from.init_from_config(config.init_from)
     own = run.fold_transform(source)
   else:
     own = run.init_transform

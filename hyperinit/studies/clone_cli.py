@@ -1,16 +1,15 @@
 """Cloning checkpoints on disk: our trainer's orbax checkpoints and Hugging Face directories.
 
-    from hyperinit.cloning import cli
-    res = cli.clone_checkpoint('runs/small', 'runs/big_init', cloning.factors_for(2))
+    from hyperinit.studies import clone_cli
+    res = clone_cli.clone_checkpoint('runs/small', 'runs/big_init', cloning.factors_for(2))
     # train it: --config.model.name=init_from --config.init_from=runs/big_init
 
-`experiments/clone.py` is the command-line wrapper.  Layouts written:
+`experiments/clone.py` is the command-line wrapper.  Layouts written (all in
+`hyperinit.checkpoint`'s formats):
 
-  orbax     `DST/0/{params, opt_state, train, meta}`: a checkpoint root holding
-            step 0; `opt_state` is a JSON note (a clone has no optimizer state;
-            init_from starts a fresh one).  `load_params(DST)` and the
-            trainer's `config.init_from=DST` read it; the destination model
-            config travels in `meta`.
+  orbax     a params directory (`checkpoint.save_model`): `load_params(DST)` and
+            the trainer's `config.init_from=DST` read it; the destination model
+            config and the clone's settings travel in its metadata.
   orbax + opt state (`with_opt_state=True`, source: our checkpoint)
             `DST/checkpoints/<step>/...`: a trainer workdir whose newest
             checkpoint is the source's step with params AND Adam moments
@@ -21,7 +20,7 @@
             reason when the clone is not a standard member of its family.
 
 Every output is written into a temporary directory beside DST and renamed into
-place when complete.  Reading sources and writing orbax trees: `checkpoint_io`.
+place when complete.
 """
 
 from __future__ import annotations
@@ -29,24 +28,121 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
+import ml_collections
 import numpy as np
 
-from hyperinit import models
-from hyperinit.cloning import checkpoint_io
+from hyperinit import _io, interop, models, sharding
+from hyperinit import checkpoint as ckpt_lib
 from hyperinit.cloning import config as config_lib
 from hyperinit.cloning import factors as factors_lib
 from hyperinit.cloning import optim as optim_lib
 from hyperinit.cloning import widen
+from hyperinit.train import optim, step as step_lib
 
 FORMATS = ('orbax', 'hf')
-# Re-exported: the CLI's public names for reading sources and writing outputs.
-Source = checkpoint_io.Source
-atomic_tree = checkpoint_io.atomic_tree
-load_source = checkpoint_io.load_source
-source_format = checkpoint_io.source_format
+_HF_DTYPE_KEYS = ('dtype', 'torch_dtype')
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+def source_format(path: str) -> str:
+  """'hf' for a directory with config.json, 'orbax' for one of our checkpoints."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'--src {path!r} does not exist')
+  if ckpt_lib.is_hf_dir(path):
+    return 'hf'
+  if not os.path.isdir(path):
+    raise ValueError(f'--src {path!r} is a file; expected a trainer workdir, a checkpoint '
+                     'directory, or a Hugging Face directory (with config.json)')
+  return 'orbax'
+
+
+@dataclasses.dataclass
+class Source:
+  """A loaded source model.
+
+  Attributes:
+    cfg: its model config.
+    params: nested dict of arrays (`models.param_shapes(cfg)`).
+    fmt: 'hf' or 'orbax'.
+    path: where it came from.
+    step: the checkpoint step (orbax) or None.
+    dtype: stored dtype of an HF checkpoint (the default output dtype), else None.
+  """
+  cfg: models.ModelConfig
+  params: Any
+  fmt: str
+  path: str
+  step: int | None = None
+  dtype: str | None = None
+
+
+def load_source(path: str, step: int | None = None) -> Source:
+  """Loads an HF directory (fp32) or one of our checkpoints (`checkpoint.load_params`)."""
+  fmt = source_format(path)
+  if fmt == 'hf':
+    if step is not None:
+      raise ValueError(f'--step={step} applies to orbax checkpoints; {path!r} is a Hugging Face '
+                       'directory')
+    d = interop.read_config(path)
+    stored = next((d[k] for k in _HF_DTYPE_KEYS if isinstance(d.get(k), str)), 'float32')
+    cfg, params = ckpt_lib.load_params(path)
+    return Source(cfg, params, 'hf', path, None,
+                  stored if stored in ('float32', 'bfloat16', 'float16') else 'float32')
+  if step is None:
+    step = int(ckpt_lib.read_meta(path)['step'])
+  cfg, params = ckpt_lib.load_params(path, step=step)
+  return Source(cfg, params, 'orbax', path, step)
+
+
+def restore_train_state(src: Source):
+  """(state, run config, step dir) of our checkpoint, with the optimizer state (one device)."""
+  root, _ = ckpt_lib.resolve(src.path)
+  ck = ckpt_lib.Checkpointer(root, read_only=True)
+  meta = ck.meta(src.step)
+  if not meta.get('config'):
+    raise ValueError(f'--with_opt_state: checkpoint {root / str(src.step)} records no run '
+                     'config, so its optimizer cannot be rebuilt')
+  config = ml_collections.ConfigDict(meta['config'])
+  tx, _ = optim.make_optimizer(config.optimizer, int(config.num_train_steps),
+                               models.param_specs(src.cfg))
+  mesh = sharding.make_mesh({}, jax.local_devices()[:1])
+  shapes = models.param_shapes(src.cfg)
+  param_sh = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  target = step_lib.abstract_state(tx, shapes,
+                                   step_lib.state_shardings(param_sh, tx, mesh, shapes))
+  try:
+    state, _ = ck.restore(target, src.step)
+  except ckpt_lib.CheckpointError as e:
+    raise ckpt_lib.CheckpointError(
+        f'--with_opt_state: {e} (the optimizer state must match config.optimizer of the run; '
+        'a run with a custom optimizer= cannot be widened from the CLI)') from e
+  return state, config, root / str(src.step)
+
+
+def write_resumable(dst: str, cfg: models.ModelConfig, state: Any, run_config: Any,
+                    src_step_dir: Any, *, info: Mapping[str, Any], overwrite: bool = False) -> str:
+  """Writes `DST/checkpoints/<step>/`: widened TrainState + the source's data position."""
+  meta = ckpt_lib.run_meta(cfg, models.param_specs(cfg), run_config)
+  meta['clone'] = dict(info)
+  step = int(state.step)
+  with _io.atomic_dir(dst, overwrite, overwrite_hint='--overwrite') as tmp:
+    ck = ckpt_lib.Checkpointer(os.path.join(tmp, 'checkpoints'), save_every=1, keep=1,
+                               async_save=False)
+    try:
+      ck.save(step, state, None, meta, force=True)
+      ck.wait()
+    finally:
+      ck.close()
+    data = os.path.join(os.fspath(src_step_dir), 'data')
+    if os.path.isdir(data):  # the grain iterator state does not depend on the model width
+      shutil.copytree(data, os.path.join(tmp, 'checkpoints', str(step), 'data'))
+  return dst
 
 
 # --- factors from command-line values ----------------------------------------------------------
@@ -101,7 +197,6 @@ def cli_factors(src_cfg: models.ModelConfig, *, factor: float | None = None,
 
 def hf_refusal(dst_cfg: models.ModelConfig) -> str | None:
   """Why the clone cannot be written as a Hugging Face directory (None: it can)."""
-  from hyperinit import interop  # pylint: disable=g-import-not-at-top
   reasons = list(config_lib.nonstandard_reasons(dst_cfg))
   try:
     interop.check_exportable(dst_cfg)
@@ -200,7 +295,7 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
                                         tie=tie, noise_dist=noise_dist)
   state = None
   if with_opt_state:
-    state, run_config, src_step_dir = checkpoint_io.restore_train_state(source)
+    state, run_config, src_step_dir = restore_train_state(source)
     source.params = state.params
   params = widen.clone_fn(plan)(source.params, jax.random.key(seed))
   err = logits_relative_error(source.cfg, source.params, dst_cfg, params) if check else None
@@ -210,16 +305,15 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
               tie=tie, with_opt_state=bool(with_opt_state), notes=list(plan.notes),
               logits_max_rel_error=err)
   if fmt == 'hf':
-    from hyperinit import interop  # pylint: disable=g-import-not-at-top
     interop.save_hf(dst, dst_cfg, jax.device_get(params), overwrite=overwrite,
                     dtype=dtype or source.dtype or dst_cfg.param_dtype)
   elif with_opt_state:
     opt = optim_lib.widen_opt_state(state.opt_state, plan)
     wide = state.replace(params=params, opt_state=opt)
-    checkpoint_io.write_resumable(dst, dst_cfg, wide, run_config, src_step_dir, info=info,
-                                  overwrite=overwrite)
+    write_resumable(dst, dst_cfg, wide, run_config, src_step_dir, info=info, overwrite=overwrite)
   else:
-    checkpoint_io.write_orbax(dst, dst_cfg, params, info=info, overwrite=overwrite, seed=seed)
+    ckpt_lib.save_model(dst, dst_cfg, params, info={'clone': info}, overwrite=overwrite,
+                        overwrite_hint='--overwrite')
   summary = config_lib.describe(plan, source.cfg, dst_cfg)
   return CloneResult(source, dst, fmt, dst_cfg, plan, params, err, summary)
 

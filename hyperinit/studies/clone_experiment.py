@@ -31,10 +31,10 @@ from absl import logging
 
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
-from hyperinit.cloning import cli
 from hyperinit.cloning import factors as factors_lib
-from hyperinit.cloning.symmetry import symmetry_fn
 from hyperinit.cloning import widen
+from hyperinit.cloning.symmetry import symmetry_fn
+from hyperinit.studies import clone_cli as cli, clone_report as report
 from hyperinit.train import loop, metrics as metrics_lib, tasks
 
 
@@ -278,7 +278,6 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   Returns the results dict also written to `<workdir>/results.json`.
   Raises CloneCheckError when a clone does not preserve the logits.
   """
-  from hyperinit.cloning import report  # pylint: disable=g-import-not-at-top
   quiet_logs()
   t0, cpu0 = time.perf_counter(), _cpu_seconds()
   workdir = os.path.abspath(workdir)   # orbax refuses relative checkpoint paths
