@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2
 $(VENV)/.core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[plots]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core

@@ -3,14 +3,14 @@
     python -m experiments.coord_check --config=configs/coord_check.py --workdir=workdir/coord_check
 """
 
-import json
 import os
-import tempfile
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from hyperinit import _io
 from hyperinit.mup import coord
+from hyperinit.studies import plots
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/coord_check.py', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/coord_check', 'where PNGs and slopes.json go')
@@ -24,17 +24,14 @@ def main(argv):
   summary = {}
   for model, rows in study.items():
     path = os.path.join(workdir, f'coord_{model}.png')
-    coord.plot_grid(rows, path, title=f'{model}: mean |activation| vs width')
+    plots.coord_grid(rows, path, title=f'{model}: mean |activation| vs width')
     summary[model] = {'widths': list(next(iter(rows.values())).widths), 'slopes': {}}
     for label, res in rows.items():
       print(f'\n== {model} {label}: log-log slope of mean |act| vs width ==\n{res.table()}')
       summary[model]['slopes'][label] = {k: [None if v != v else round(float(v), 4) for v in s]
                                          for k, s in res.slopes().items()}
     print(f'wrote {path}')
-  fd, tmp = tempfile.mkstemp(dir=workdir, suffix='.json')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, 'slopes.json'))
+  _io.write_json(os.path.join(workdir, 'slopes.json'), summary)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ and from every GHN's prediction with the same trainer settings. Writes finetune.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.logah import experiment
+from hyperinit.studies import ghn_experiment as experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/ghn.py:experiment',
                                           'experiment config (configs/ghn.py:experiment[_smoke])',

@@ -9,7 +9,7 @@ Rerunning the same command continues an interrupted sweep.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.mup import sweep, sweep_report
+from hyperinit.studies import mup_sweep as sweep, mup_sweep_report as sweep_report
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/mup_sweep.py', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/mup_sweep', 'where the results go')

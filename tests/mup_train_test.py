@@ -245,7 +245,7 @@ def _pt(param, width, seed, lr, val):
 
 
 def test_sweep_summary_argmins_shifts_edges_and_divergence():
-  from hyperinit.mup import sweep_report  # pylint: disable=g-import-not-at-top
+  from hyperinit.studies import mup_sweep_report as sweep_report  # pylint: disable=g-import-not-at-top
   pts = []
   for w, (best_sp, best_mup) in {64: (-8, -8), 128: (-9, -8), 512: (-12, -7)}.items():
     for seed in (0, 1):
@@ -291,7 +291,7 @@ def _tiny_sweep_config():
 
 
 def test_sweep_runs_records_divergence_and_resumes(tmp_path):
-  from hyperinit.mup import sweep, sweep_report  # pylint: disable=g-import-not-at-top
+  from hyperinit.studies import mup_sweep as sweep, mup_sweep_report as sweep_report  # pylint: disable=g-import-not-at-top
   c = _tiny_sweep_config()
   logs = []
   out = sweep.run_sweep(c, str(tmp_path), log=logs.append)

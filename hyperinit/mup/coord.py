@@ -7,7 +7,7 @@ SP with Adam the logits and hidden activations grow (slope ~ +1 by t = 3).
 
     res = coord_check(mlp_setup('mup', 'adam', lr=0.01), widths=(64, 128, 256, 512))
     res.slopes()      # {layer: [slope at t=1, t=2, t=3]} of log mean|act| vs log width
-    plot_grid({'muP Adam': res, ...}, 'coord.png')
+    plots.coord_grid({'muP Adam': res, ...}, 'coord.png')   # hyperinit.studies.plots
 
 Activations are read with Flax's `capture_intermediates` (every submodule's
 `__call__` output, Dropout excluded), so any linen model works unchanged.
@@ -16,8 +16,6 @@ Activations are read with Flax's `capture_intermediates` (every submodule's
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -252,82 +250,3 @@ def transformer_setup(param: str, optimizer: str, lr: float, *, base_width: int 
       return _xent(logits, toks[:, 1:]), acts
     return CoordSetup(init, _optimizer(optimizer, lr, mults), loss_and_acts, make_batch)
   return make
-
-
-# --- plotting ------------------------------------------------------------------------
-
-def plot_grid(results: Mapping[str, CoordResult], path: str, title: str = '') -> None:
-  """PNG grid like the paper's: one row per result (e.g. 'SP Adam'), one column per t."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  rows = list(results)
-  steps = max(r.steps for r in results.values())
-  fig, axes = plt.subplots(len(rows), steps, figsize=(3.4 * steps + 2.2, 2.8 * len(rows)),
-                           squeeze=False, sharey='row')
-  for i, name in enumerate(rows):
-    res = results[name]
-    cmap = plt.get_cmap('viridis', max(len(res.acts), 2))
-    for t in range(res.steps):
-      ax = axes[i][t]
-      for j, (layer, a) in enumerate(res.acts.items()):
-        y = np.where(a[t] > 0, a[t], np.nan)
-        ax.plot(res.widths, y, marker='o', ms=2.5, lw=1,
-                color='crimson' if layer in ('output', 'readout') else cmap(j), label=layer)
-      ax.set_xscale('log', base=2)
-      ax.set_yscale('log')
-      ax.set_title(f'{name}  t={t + 1}', fontsize=9)
-      ax.tick_params(labelsize=7)
-      if t == 0:
-        ax.set_ylabel('mean |activation|', fontsize=8)
-      if i == len(rows) - 1:
-        ax.set_xlabel('width', fontsize=8)
-    lo, hi = axes[i][0].get_ylim()
-    if hi / lo < 10:                     # at least a decade, so flat lines look flat
-      mid = (hi * lo) ** 0.5
-      axes[i][0].set_ylim(mid / 10 ** 0.5, mid * 10 ** 0.5)
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc='center right', fontsize=6, frameon=False)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.4 * steps + 2.2), 1))
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix='.png', dir=d)
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)  # atomic: readers never see a half-written PNG
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-# --- a whole study from a config (experiments/coord_check.py) -------------------------
-
-def run_study(config) -> dict[str, dict[str, CoordResult]]:
-  """{model: {'SP Adam': result, 'muP Adam': ..., ...}} for `configs/coord_check.py`."""
-  out: dict[str, dict[str, CoordResult]] = {}
-  seeds = tuple(range(config.seeds))
-  for model in [m for m in config.models.split(',') if m]:
-    if model not in ('mlp', 'transformer'):
-      raise ValueError(f'unknown model {model!r} in config.models; expected mlp and/or transformer')
-    mc = config[model]
-    rows = {}
-    for opt in [o for o in config.optimizers.split(',') if o]:
-      lr = mc.lr_adam if opt == 'adam' else mc.lr_sgd
-      for param in ('sp', 'mup'):
-        label = f'{"SP" if param == "sp" else "muP"} {"Adam" if opt == "adam" else "SGD"}'
-        if model == 'mlp':
-          make = mlp_setup(param, opt, lr, base_width=mc.base_width, depth=mc.depth,
-                           batch=mc.batch, readout=config.readout)
-        else:
-          make = transformer_setup(param, opt, lr, base_width=mc.base_width, preset=mc.preset,
-                                   seq_len=mc.seq_len, batch=mc.batch, num_heads=mc.num_heads,
-                                   readout=config.readout, num_layers=mc.num_layers,
-                                   tie_embeddings=mc.tie_embeddings)
-        rows[label] = coord_check(make, tuple(mc.widths), steps=config.steps, seeds=seeds)
-    out[model] = rows
-  return out

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hyperinit import models
+from hyperinit import _io, models
+from hyperinit.studies import plots
 from hyperinit.train import tasks
 
 DEFINITIONS = (
@@ -141,20 +142,9 @@ def _mean_curve(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
   return np.array(steps), vals.mean(0), vals.min(0), vals.max(0)
 
 
-def _save(fig, path: str) -> None:
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig.tight_layout()
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 def plot_losses(results: dict[str, Any], path: str) -> None:
   """Validation loss vs step: (a) source, (b) clones vs random (seed mean, min-max band)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   runs = results['runs']
   names = [n for n in dict.fromkeys(r['name'] for r in runs) if n != 'source']
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=110,
@@ -186,14 +176,12 @@ def plot_losses(results: dict[str, Any], path: str) -> None:
     ax.set_ylim(min(lows) - 0.05, top)
     ax.grid(alpha=0.3)
   b.legend(fontsize=8)
-  _save(fig, path)
+  plots.save(fig, path)
 
 
 def plot_symmetry(results: dict[str, Any], path: str) -> None:
   """symmetry/overall vs step per run (mean over seeds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   runs = [r for r in results['runs'] if r['symmetry']]
   fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
   for name in dict.fromkeys(r['name'] for r in runs):
@@ -207,7 +195,7 @@ def plot_symmetry(results: dict[str, Any], path: str) -> None:
   ax.set_title('symmetry of the clone\'s copies during training')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  _save(fig, path)
+  plots.save(fig, path)
 
 
 # --- markdown -------------------------------------------------------------------------------
@@ -215,13 +203,6 @@ def plot_symmetry(results: dict[str, Any], path: str) -> None:
 def _arch(d: dict[str, Any]) -> str:
   return (f'{d["family"]} {d["num_layers"]}x{d["embed_dim"]} ({d["num_heads"]} heads, '
           f'mlp {d["mlp_dim"]})')
-
-
-def _atomic_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -319,11 +300,11 @@ def render(results: dict[str, Any]) -> str:
 def write_report(workdir: str, results: dict[str, Any]) -> None:
   """results.json, report.md, loss_curves.png, symmetry.png in `workdir` (each atomic)."""
   os.makedirs(workdir, exist_ok=True)
-  _atomic_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
+  _io.atomic_write(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
   plot_losses(results, os.path.join(workdir, 'loss_curves.png'))
   if any(r['symmetry'] for r in results['runs']):
     plot_symmetry(results, os.path.join(workdir, 'symmetry.png'))
-  _atomic_text(os.path.join(workdir, 'report.md'), render(results))
+  _io.atomic_write(os.path.join(workdir, 'report.md'), render(results))
 
 
 def console_summary(results: dict[str, Any], workdir: str) -> str:

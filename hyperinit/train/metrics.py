@@ -17,12 +17,7 @@ from typing import Any, Mapping
 import jax
 from absl import logging
 
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+from hyperinit import _io
 
 
 class MetricsWriter:
@@ -55,7 +50,7 @@ class MetricsWriter:
       except (ValueError, KeyError):
         continue  # a line cut short by a kill
     if len(keep) != len(lines):
-      _atomic_write(self.path, ''.join(keep))
+      _io.atomic_write(self.path, ''.join(keep))
 
   def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -136,32 +131,3 @@ def quiet_libraries() -> None:
   logger = logging.get_absl_logger()
   if _FILTER not in logger.filters:
     logger.addFilter(_FILTER)
-
-
-def plot(workdir: str, path: str, metric: str = 'loss', title: str = '',
-         hline: tuple[float, str] | None = None) -> None:
-  """Train and eval curves of `metric` from `<workdir>/metrics.jsonl` to a PNG at `path`.
-
-  `hline`: (value, label) of a reference line, e.g. the unigram entropy.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = read_jsonl(workdir)
-  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-  for split, style in (('train', '-'), ('eval', 'o-')):
-    pts = [(r['step'], r[metric]) for r in rows if r['split'] == split and metric in r]
-    if pts:
-      ax.plot(*zip(*pts), style, label=f'{split} {metric}', ms=3)
-  if hline is not None:
-    ax.axhline(hline[0], color='gray', ls='--', label=hline[1])
-  ax.set_xlabel('step')
-  ax.set_ylabel(metric)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)

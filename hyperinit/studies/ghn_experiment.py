@@ -13,7 +13,7 @@ GHNs and fine-tuning runs are found on disk and skipped.
 
 Writes (atomically) to the workdir: `finetune.jsonl` (one row per pool, target,
 init, seed and eval step), `results.md` (tables: mean ± std over seeds), one PNG
-per pool and target (matplotlib Agg), and `timing.json` (wall seconds per phase).
+per pool and target (`studies.plots`), and `timing.json` (wall seconds per phase).
 """
 
 from __future__ import annotations
@@ -27,15 +27,10 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hyperinit.logah import evaluate, saving, tasks, train
+from hyperinit import _io
+from hyperinit.logah import saving, tasks, train
+from hyperinit.studies import ghn_finetune, plots
 from hyperinit.train import metrics as metrics_lib
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def run_config(pool_cfg: Any, decoder: str, seed: int) -> Any:
@@ -63,7 +58,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   meta_rows: dict[str, list[dict[str, Any]]] = {}
 
   def save_timing():
-    _atomic_write(timing_path, json.dumps(timing, indent=1, sort_keys=True))
+    _io.atomic_write(timing_path, json.dumps(timing, indent=1, sort_keys=True))
 
   for pool_name, pool_cfg in config.pools.items():
     ghns: dict[tuple[str, int], tuple[Any, dict]] = {}
@@ -93,8 +88,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
             and r['seed'] == seed for r in rows)]
         if not todo:
           continue
-        finetuner = finetuner or evaluate.Finetuner(pool_cfg.finetune, target)
-        params = evaluate.init_params(target, seed, {d: ghns[(d, seed)] for d in decoders
+        finetuner = finetuner or ghn_finetune.Finetuner(pool_cfg.finetune, target)
+        params = ghn_finetune.init_params(target, seed, {d: ghns[(d, seed)] for d in decoders
                                                      if d in todo})
         for init in todo:
           t0 = time.perf_counter()
@@ -102,10 +97,10 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
           timing[f'finetune/{pool_name}/{target_name}/{init}_s{seed}'] = time.perf_counter() - t0
           rows += [{'pool': pool_name, 'target': target_name, 'init': init, 'seed': seed, **r}
                    for r in curve]
-          _atomic_write(rows_path, ''.join(json.dumps(r) + '\n' for r in rows))
+          _io.atomic_write(rows_path, ''.join(json.dumps(r) + '\n' for r in rows))
           save_timing()
   table = report(config, rows, meta_rows, timing)
-  _atomic_write(os.path.join(workdir, 'results.md'), table)
+  _io.atomic_write(os.path.join(workdir, 'results.md'), table)
   if config.get('plots', True):
     plot(config, rows, meta_rows, workdir)
   return {'rows': rows, 'meta': meta_rows, 'timing': timing, 'table': table}
@@ -191,9 +186,7 @@ def report(config: Any, rows: list[dict[str, Any]], meta_rows: dict[str, list[di
 def plot(config: Any, rows: list[dict[str, Any]], meta_rows: dict[str, list[dict[str, Any]]],
          workdir: str) -> list[str]:
   """One PNG per pool and target: fine-tuning loss / accuracy vs step, and meta-training loss."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   s = summarize(rows)
   paths = []
   colors = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange'}
@@ -229,12 +222,7 @@ def plot(config: Any, rows: list[dict[str, Any]], meta_rows: dict[str, list[dict
       for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
-      fig.tight_layout()
-      path = os.path.join(workdir, f'{pool_name}_{target_name}.png')
-      tmp = path + '.tmp.png'
-      fig.savefig(tmp, dpi=90)
-      os.replace(tmp, path)
-      plt.close(fig)
+      path = plots.save(fig, os.path.join(workdir, f'{pool_name}_{target_name}.png'), dpi=90)
       paths.append(path)
       logging.info('wrote %s', path)
   return paths

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from hyperinit import _io
+from hyperinit.studies import plots
 
 PARAMETRIZATIONS = ('sp', 'mup')
 LABELS = {'sp': 'SP', 'mup': 'muP'}
@@ -139,9 +141,7 @@ def grid_table(points: Sequence[dict]) -> str:
 
 def plot(points: Sequence[dict], path: str, title: str = '') -> None:
   """Figure-1-style PNG: held-out loss vs log2 LR, one curve per width; SP and muP panels."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   params = [p for p in PARAMETRIZATIONS if any(q['param'] == p for q in points)]
   widths = sorted({p['width'] for p in points})
   finite = [p['val_loss'] for p in points if p['val_loss'] is not None]
@@ -174,32 +174,12 @@ def plot(points: Sequence[dict], path: str, title: str = '') -> None:
   axes[0][-1].legend(fontsize=8)
   fig.suptitle(title or 'µTransfer: loss vs learning rate across widths (x: diverged; * best)',
                fontsize=10)
-  fig.tight_layout()
-  _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix='.png')
-  plt.close(fig)
+  plots.save(fig, path, dpi=110)
 
 
 # --- files ---------------------------------------------------------------------------------
 
-def _atomic(path: str, write: Callable[[str], None], suffix: str = '') -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=suffix)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o644)   # mkstemp makes it 0600; results are for others to read
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json(path: str, obj: Any) -> None:
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=1)
-  _atomic(path, write, '.json')
+write_json = _io.write_json
 
 
 def write_outputs(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -211,9 +191,6 @@ def write_outputs(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
   write_json(os.path.join(workdir, 'summary.json'), js)
   text = (table(summary) + '\n\nSeed-mean held-out loss (nats/token) per log2 learning rate:\n\n'
           + grid_table(results['points']))
-  def write_text(tmp):
-    with open(tmp, 'w') as f:
-      f.write(text + '\n')
-  _atomic(os.path.join(workdir, 'table.md'), write_text, '.md')
+  _io.atomic_write(os.path.join(workdir, 'table.md'), text + '\n')
   plot(results['points'], os.path.join(workdir, 'sweep.png'))
   return summary

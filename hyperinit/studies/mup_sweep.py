@@ -38,7 +38,7 @@ import optax
 
 from hyperinit import models
 from hyperinit.mup import train as mup_train
-from hyperinit.mup.sweep_report import LABELS, PARAMETRIZATIONS, write_json
+from hyperinit.studies.mup_sweep_report import LABELS, PARAMETRIZATIONS, write_json
 
 
 @dataclasses.dataclass
