@@ -1,0 +1,58 @@
+"""`experiments.predict` -> `experiments.train --config.init_from=OUT`, as a user runs them.
+
+The prediction is written in checkpoint's params-directory format; the trainer
+must start from exactly those params, so its step-0 eval loss equals the loss of
+the predicted model computed here, in-process, from the same GHN.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from hyperinit import checkpoint, models
+from hyperinit.logah import ghn as ghn_lib
+from hyperinit.train import loop, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_FLAGS = ('--config=configs/lm.py:tiny', '--config.data.dataset=synthetic',
+               '--config.data.seq_len=32', '--config.batch_size=8', '--config.eval_batches=2',
+               '--config.num_train_steps=2', '--config.optimizer.warmup_steps=1',
+               '--config.eval_at_start=True', '--config.model.name=init_from')
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  out = subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def test_predict_then_train_init_from_starts_from_the_prediction(tmp_path):
+  out = str(tmp_path / 'pred')
+  _run('experiments.predict', '--target=gpt2-tiny', f'--out={out}', '--seed=3')
+  cfg, params = checkpoint.load_params(out)
+  assert cfg == models.get_config('gpt2-tiny')
+  # the file holds exactly what the GHN predicts (same untrained GHN: seed 3)
+  ghn_cfg = ghn_lib.GHNConfig()
+  want = ghn_lib.predict(ghn_cfg, ghn_lib.init(ghn_cfg, jax.random.key(3)), cfg)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(want))
+
+  workdir = str(tmp_path / 'run')
+  _run('experiments.train', *TRAIN_FLAGS, f'--config.init_from={out}', f'--workdir={workdir}')
+  step0 = [r for r in metrics.read_jsonl(workdir) if r['split'] == 'eval' and r['step'] == 0]
+  assert len(step0) == 1
+  # the predicted model's own loss on the same eval batches, computed here
+  import train_testing  # pylint: disable=g-import-not-at-top
+  conf = train_testing.tiny_lm_config(2, **{'batch_size': 8, 'eval_batches': 2,
+                                            'optimizer.warmup_steps': 1})
+  s = loop.setup(conf, model_cfg=cfg, devices=jax.devices()[:1])
+  ref = loop.evaluate(s, conf, want)
+  np.testing.assert_allclose(step0[0]['loss'], ref['loss'], rtol=1e-5)
+  meta = checkpoint.read_meta(out)
+  assert json.dumps(meta['model_config'], sort_keys=True) == json.dumps(cfg.to_dict(),
+                                                                         sort_keys=True)
