@@ -24,28 +24,6 @@ from hyperinit import spec as spec_lib
 from hyperinit.train import distributed, init_from, metrics as metrics_lib, optim, step as step_lib, tasks
 
 
-def parse_rules(text: str | None) -> tuple[tuple[str, Any], ...]:
-  """Rule overrides from 'embed:fsdp,mlp:tensor,vocab:,batch:data+fsdp' (empty = unsharded)."""
-  out = []
-  for item in filter(None, (s.strip() for s in (text or '').split(','))):
-    if ':' not in item:
-      raise ValueError(f'bad sharding rule {item!r}; expected logical:mesh_axis[+mesh_axis]')
-    name, target = item.split(':', 1)
-    axes = tuple(a for a in target.split('+') if a)
-    bad = [a for a in axes if a not in sharding.MESH_AXES]
-    if bad:
-      raise ValueError(f'sharding rule {item!r}: unknown mesh axes {bad}; expected {sharding.MESH_AXES}')
-    out.append((name.strip(), axes[0] if len(axes) == 1 else (axes or None)))
-  return tuple(out)
-
-
-def make_rules(config: Any) -> tuple[tuple[str, Any], ...]:
-  """DEFAULT_RULES with `config.mesh.rules` overrides taking precedence."""
-  over = parse_rules(config.mesh.get('rules'))
-  names = {n for n, _ in over}
-  return over + tuple(r for r in sharding.DEFAULT_RULES if r[0] not in names)
-
-
 @dataclasses.dataclass
 class Setup:
   """Everything built from the config before the loop runs (handy in notebooks)."""
@@ -70,7 +48,8 @@ def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
   model_cfg = model_cfg or tasks.resolve_model_config(config)
   task = tasks.make_task(config, model_cfg)
   specs, shapes = models.param_specs(model_cfg), models.param_shapes(model_cfg)
-  rules = sharding.fit_rules(make_rules(config), shapes, specs, mesh)
+  rules = sharding.fit_rules(sharding.make_rules(config.mesh.get('rules')), shapes, specs,
+                             mesh)
   total = int(config.num_train_steps)
   schedule = optim.make_schedule(config.optimizer, total)
   if optimizer is None:
