@@ -1,9 +1,11 @@
 """Hooks for `loop.run_loop`: what happens around the steps of a training loop.
 
-    log = hooks.Log(every=100, line_keys=('loss',), units_per_step=B * T, unit='tokens')
+    guard = hooks.NonFiniteGuard(lambda m: m['loss'], lambda a, b: f'NaN in steps {a}..{b}')
+    log = hooks.Log(100, ('loss',), units_per_step=B * T, unit='tokens', guard=guard)
     ev = hooks.Eval(lambda state: evaluate(state.params), every=1000)
-    loop.run_loop(state, step_fn, hooks=[guard, log, ev, hooks.Checkpoint(ckpt, data_iter)],
-                  start=start, total=total, workdir=workdir)
+    save = hooks.Checkpoint(ckpt, data_iter, guard=guard)     # a checkpoint.Checkpointer
+    loop.run_loop(state, step_fn, [guard, log, ev, save], start=start, total=total,
+                  workdir=workdir)
     log.scalars, ev.scalars                                 # the last logged train / eval means
 
 A hook sees the run through a `Loop` (the current state, step, whether this is
