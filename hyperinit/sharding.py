@@ -66,6 +66,44 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def parse_rules(text: str | None) -> tuple[tuple[str, Any], ...]:
+  """Rules from text: 'embed:fsdp,mlp:tensor,vocab:,batch:data+fsdp'.
+
+  Args:
+    text: comma-separated `logical:mesh_axis[+mesh_axis...]`; an empty target
+      ('vocab:') means unsharded.  None or '' gives no rules.
+
+  Returns:
+    ((logical name, mesh axis | tuple of mesh axes | None), ...) in text order.
+
+  Raises:
+    ValueError: an item without ':' or naming a mesh axis not in MESH_AXES.
+  """
+  out = []
+  for item in filter(None, (s.strip() for s in (text or '').split(','))):
+    if ':' not in item:
+      raise ValueError(f'bad sharding rule {item!r}; expected logical:mesh_axis[+mesh_axis]')
+    name, target = item.split(':', 1)
+    axes = tuple(a for a in target.split('+') if a)
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad:
+      raise ValueError(f'sharding rule {item!r}: unknown mesh axes {bad}; expected {MESH_AXES}')
+    out.append((name.strip(), axes[0] if len(axes) == 1 else (axes or None)))
+  return tuple(out)
+
+
+def make_rules(overrides: str | None = None) -> tuple[tuple[str, Any], ...]:
+  """DEFAULT_RULES with the rules parsed from `overrides` (see `parse_rules`) first.
+
+  Overrides come first (the first rule for a name wins, here and in flax's
+  activation rules, and rule order sets which dimension claims a mesh axis
+  first); the shadowed default is dropped so each name has one rule.
+  """
+  over = parse_rules(overrides)
+  names = {n for n, _ in over}
+  return over + tuple(r for r in DEFAULT_RULES if r[0] not in names)
+
+
 def make_mesh(shape: Mapping[str, int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh with `AxisType.Auto` axes.

@@ -47,6 +47,21 @@ def test_logical_to_pspec_rules():
   assert sharding.batch_divisor(sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})) == 4
 
 
+def test_parse_and_make_rules_from_text():
+  assert sharding.parse_rules('embed:fsdp, mlp:tensor,vocab:,batch:data+fsdp') == (
+      ('embed', 'fsdp'), ('mlp', 'tensor'), ('vocab', None), ('batch', ('data', 'fsdp')))
+  assert sharding.parse_rules(None) == sharding.parse_rules('') == ()
+  with pytest.raises(ValueError, match='expected logical:mesh_axis'):
+    sharding.parse_rules('embed')
+  with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
+    sharding.parse_rules('embed:model')
+  rules = sharding.make_rules('embed:,mlp:fsdp')
+  assert rules[:2] == (('embed', None), ('mlp', 'fsdp'))  # overrides first ...
+  assert [n for n, _ in rules].count('embed') == 1  # ... replacing the defaults
+  assert len(rules) == len(sharding.DEFAULT_RULES)
+  assert sharding.make_rules(None) == sharding.DEFAULT_RULES
+
+
 def test_fit_rules_drops_indivisible_axes():
   cfg = models.get_config('llama-mqa-tiny')  # one kv head
   mesh = sharding.make_mesh({'data': 4, 'tensor': 2})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from typing import Any, Callable
 
@@ -36,7 +35,8 @@ from absl import logging
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks
 from hyperinit.models.config import ModelConfig
-from hyperinit.train import distributed, metrics as metrics_lib
+from hyperinit.train import hooks, metrics as metrics_lib
+from hyperinit.train.loop import run_loop
 from hyperinit.train.step import TrainState
 
 
@@ -180,72 +180,49 @@ def train_ghn(config: Any, workdir: str, *,
     state = from_train_state(ts)
     logging.info('resumed from %s at step %d', ckpt.directory, start)
   start = int(state['step'])
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-  watcher = distributed.PreemptionWatcher()
   graphs = {}  # group index -> padded graph batch (numpy)
-  eval_data = None
-  log_every, eval_every = int(config.log_every), int(config.eval_every)
-  window, n_window, train_scalars, eval_scalars, preempted = None, 0, {}, {}, False
-  progress = metrics_lib.Progress(start, total, int(config.pool.meta_batch), 'archs')
-  schedule = meta.make_schedule(meta_cfg)
   fast = bool(config.get('fast_compile', False))
 
-  def run_eval(step):
+  def step_fn(state, step):
+    gi = group_order(len(groups), seed, step)
+    if gi not in graphs:
+      graphs[gi] = meta.batch_for(groups[gi])
+    batch = tasks.meta_batch(next(data_iter))
+    state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch),
+                           dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
+    m = {k: v for k, v in m.items() if k != 'task_losses'}
+    if on_step is not None:
+      on_step(step, m)  # before the SIGTERM check: a signal sent here stops at this step
+    return state, m
+
+  eval_data = None  # fixed eval batches, read at the first eval
+
+  def eval_fn(state):
     nonlocal eval_data
     eval_data = eval_data or tasks.eval_batches(config)
-    scalars = evaluate(ghn_cfg, _eval_params(config, state), groups, eval_data, held_out, fast)
-    logging.info('eval at step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()))
-    writer.write(step, 'eval', scalars)
-    return scalars
+    return evaluate(ghn_cfg, _eval_params(config, state), groups, eval_data, held_out, fast)
 
-  try:
-    if start == 0 and eval_every > 0:
-      eval_scalars = run_eval(0)
-    for step in range(start + 1, stop + 1):
-      gi = group_order(len(groups), seed, step)
-      if gi not in graphs:
-        graphs[gi] = meta.batch_for(groups[gi])
-      batch = tasks.meta_batch(next(data_iter))
-      state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch),
-                             dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
-      m = {k: v for k, v in m.items() if k != 'task_losses'}
-      window = m if window is None else jax.tree.map(jnp.add, window, m)
-      n_window += 1
-      if on_step is not None:
-        on_step(step, m)
-      preempted = watcher.requested(step)
-      last = step == stop
-      if step % log_every == 0 or last or preempted:
-        train_scalars = {k: float(v) / n_window for k, v in jax.device_get(window).items()}
-        if not math.isfinite(train_scalars['loss']):
-          raise FloatingPointError(f'non-finite meta-loss by step {step}; last good checkpoint: '
-                                   f'step {ckpt.latest_step()} in {ckpt.directory}')
-        train_scalars['learning_rate'] = float(schedule(step - 1))
-        window, n_window = None, 0
-        line, rates = progress.line(step, {k: train_scalars[k] for k in ('loss', 'task_loss',
-                                                                          'accuracy')})
-        logging.info(line)
-        writer.write(step, 'train', {**train_scalars, **rates})
-      if (eval_every > 0 and step % eval_every == 0) or step == total:
-        eval_scalars = run_eval(step)
-      if last or preempted or ckpt.manager.should_save(step):
-        ckpt.save(step, to_train_state(state, rng), data_iter, run_meta, force=last or preempted)
-      if preempted:
-        logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume', step,
-                        ckpt.directory)
-        break
-    writer.flush()
-    ckpt.wait()
-    step = int(state['step'])
-    done = step == total
-    ghn_dir = os.path.join(workdir, 'ghn')
-    if done and not os.path.isdir(ghn_dir):   # written atomically: whole or absent
-      saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
-  finally:
-    watcher.close()
-    writer.close()
-    ckpt.wait()
-    ckpt.close()
-  return {'step': step, 'preempted': preempted, 'done': done, 'train': train_scalars,
-          'eval': eval_scalars, 'ghn_config': ghn_cfg, 'params': _eval_params(config, state),
+  eval_every = int(config.eval_every)
+  guard = hooks.NonFiniteGuard(
+      lambda m: m['loss'],
+      lambda first, step: (f'non-finite meta-loss by step {step}; last good checkpoint: '
+                           f'step {ckpt.latest_step()} in {ckpt.directory}'))
+  log = hooks.Log(int(config.log_every), ('loss', 'task_loss', 'accuracy'),
+                  int(config.pool.meta_batch), 'archs', schedule=meta.make_schedule(meta_cfg),
+                  guard=guard)
+  # config.eval_every = 0 still evaluates once, at the end of the run.
+  ev = hooks.Eval(eval_fn, eval_every, at_end=True, at_start=eval_every > 0)
+  save = hooks.Checkpoint(ckpt, data_iter, run_meta, to_saveable=lambda st: to_train_state(st, rng),
+                          stop_reason='SIGTERM')
+  out = run_loop(state, step_fn, [guard, log, ev, save,
+                                  *hooks.profile_hook(config.get('profile_steps'), workdir)],
+                 start=start, total=total, stop=stop, workdir=workdir)
+  state = out.state
+  step = int(state['step'])
+  done = step == total
+  ghn_dir = os.path.join(workdir, 'ghn')
+  if done and not os.path.isdir(ghn_dir):   # written atomically: whole or absent
+    saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
+  return {'step': step, 'preempted': out.preempted, 'done': done, 'train': log.scalars,
+          'eval': ev.scalars, 'ghn_config': ghn_cfg, 'params': _eval_params(config, state),
           'state': state}

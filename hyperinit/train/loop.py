@@ -1,9 +1,14 @@
-"""`train_and_evaluate(config, workdir)`: the training loop.
+"""`train_and_evaluate(config, workdir)`: model training; `run_loop`: the loop under it.
 
 Importable from a notebook; `experiments/train.py` is a thin absl wrapper.
 Rerunning with the same workdir resumes from the latest checkpoint (params,
 optimizer, step, rng and the data iterator), so a preempted or killed run
 continues exactly where it stopped.
+
+`run_loop(state, step_fn, hooks, ...)` is the one training loop: a step
+function plus `hyperinit.train.hooks` (logging, eval, checkpoints + SIGTERM,
+non-finite guard, profiling).  `train_and_evaluate` and GHN meta-training
+(`hyperinit.logah.train`) are both built on it.
 """
 
 from __future__ import annotations
@@ -21,29 +26,8 @@ from absl import logging
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models, sharding
 from hyperinit import spec as spec_lib
-from hyperinit.train import distributed, init_from, metrics as metrics_lib, optim, step as step_lib, tasks
-
-
-def parse_rules(text: str | None) -> tuple[tuple[str, Any], ...]:
-  """Rule overrides from 'embed:fsdp,mlp:tensor,vocab:,batch:data+fsdp' (empty = unsharded)."""
-  out = []
-  for item in filter(None, (s.strip() for s in (text or '').split(','))):
-    if ':' not in item:
-      raise ValueError(f'bad sharding rule {item!r}; expected logical:mesh_axis[+mesh_axis]')
-    name, target = item.split(':', 1)
-    axes = tuple(a for a in target.split('+') if a)
-    bad = [a for a in axes if a not in sharding.MESH_AXES]
-    if bad:
-      raise ValueError(f'sharding rule {item!r}: unknown mesh axes {bad}; expected {sharding.MESH_AXES}')
-    out.append((name.strip(), axes[0] if len(axes) == 1 else (axes or None)))
-  return tuple(out)
-
-
-def make_rules(config: Any) -> tuple[tuple[str, Any], ...]:
-  """DEFAULT_RULES with `config.mesh.rules` overrides taking precedence."""
-  over = parse_rules(config.mesh.get('rules'))
-  names = {n for n, _ in over}
-  return over + tuple(r for r in sharding.DEFAULT_RULES if r[0] not in names)
+from hyperinit.train import distributed, hooks as hooks_lib, init_from, metrics as metrics_lib
+from hyperinit.train import optim, step as step_lib, tasks
 
 
 @dataclasses.dataclass
@@ -70,7 +54,8 @@ def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
   model_cfg = model_cfg or tasks.resolve_model_config(config)
   task = tasks.make_task(config, model_cfg)
   specs, shapes = models.param_specs(model_cfg), models.param_shapes(model_cfg)
-  rules = sharding.fit_rules(make_rules(config), shapes, specs, mesh)
+  rules = sharding.fit_rules(sharding.make_rules(config.mesh.get('rules')), shapes, specs,
+                             mesh)
   total = int(config.num_train_steps)
   schedule = optim.make_schedule(config.optimizer, total)
   if optimizer is None:
@@ -173,6 +158,9 @@ def train_and_evaluate(config: Any, workdir: str, *,
     eval_metrics_fn: `fn(params) -> {name: scalar}`, extra scalars computed
       from the params at every evaluation (e.g. a clone's symmetry
       diagnostic), logged and written with the eval metrics.
+
+  `config.profile_steps = (a, b)` (when the config has it; default off)
+  writes a `jax.profiler` trace of steps [a, b) to `<workdir>/tb`.
 
   Returns:
     {'step', 'preempted', 'train' (last logged metrics), 'eval', 'state'}.
@@ -295,72 +283,87 @@ def _evaluate_all(s, config, params, eval_loader, eval_metrics_fn) -> dict[str, 
   return out
 
 
-def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader,
-          eval_metrics_fn=None):
-  total = int(config.num_train_steps)
+def run_loop(state: Any, step_fn: Callable[[Any, int], tuple[Any, Any]],
+             hooks: list[hooks_lib.Hook], *, start: int, total: int, workdir: str,
+             stop: int | None = None, preemption_sync_every: int = 10) -> hooks_lib.Loop:
+  """Runs steps start+1 .. stop of `step_fn`, with `hooks` around each one.
+
+  Args:
+    state: the state at `start` (any pytree; e.g. a TrainState).
+    step_fn: (state, step) -> (state, metrics): runs step `step` (1-based),
+      fetching its own batch; metrics is a dict of scalar arrays [].
+    hooks: `hooks.Hook`s, called in list order (see hyperinit/train/hooks.py).
+    start: the step `state` is at (0 for a fresh run).
+    total: the run's number of steps.
+    workdir: where metrics.jsonl and tb/ are written (truncated to `start`,
+      so steps replayed after a crash are recorded once).
+    stop: return after this step (a time slice); default `total`.
+    preemption_sync_every: steps between the processes' SIGTERM agreement
+      (multi-process only).
+
+  Returns:
+    the `hooks.Loop`: .state, .step and .preempted (a SIGTERM stopped it).
+  """
+  stop = total if stop is None else stop
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-  gb = int(config.batch_size)
-  progress = metrics_lib.Progress(start, total, gb * s.task.units_per_example, s.task.unit)
-  watcher = distributed.PreemptionWatcher(int(config.checkpoint.preemption_sync_every))
-  expected = s.task.batch_shapes(gb)
-  log_every, eval_every = int(config.log_every), int(config.eval_every)
-  window, health, n_window, last_check = None, None, 0, start
-  train_scalars, eval_scalars, preempted = {}, {}, False
-
-  def check_health(step):
-    nonlocal health, last_check
-    if health is not None and not np.isfinite(float(health)):
-      ckpt.wait()
-      raise FloatingPointError(
-          f'non-finite loss or gradient norm between steps {last_check + 1} and {step}; '
-          f'training stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in '
-          f'{ckpt.directory}. Lower the learning rate or enable optimizer.grad_clip_norm, then '
-          'rerun to resume from it.')
-    health, last_check = None, step
-
+  loop = hooks_lib.Loop(state=state, start=start, stop=stop, total=total, writer=writer,
+                        step=start)
+  watcher = distributed.PreemptionWatcher(preemption_sync_every)
   try:
-    if start == 0 and config.eval_every > 0 and config.get('eval_at_start'):
-      eval_scalars = _evaluate_all(s, config, state.params, eval_loader, eval_metrics_fn)
-      logging.info('eval at step 0: %s', ', '.join(f'{k} {v:.4g}' for k, v in eval_scalars.items()))
-      writer.write(0, 'eval', eval_scalars)
-    for step in range(start + 1, total + 1):
-      try:
-        batch = next(data_iter)
-      except StopIteration:
-        raise ValueError(f'training data ran out at step {step}') from None
-      state, m = s.train_step(state, global_batch(batch, s.batch_shardings, expected))
-      window = m if window is None else jax.tree.map(jnp.add, window, m)
-      n_window += 1
-      h = m['loss'] + m['grad_norm']
-      health = h if health is None else health + h
-      preempted = watcher.requested(step)
-      last = step == total
-      if step % log_every == 0 or last or preempted:
-        check_health(step)
-        train_scalars = {k: float(v) / n_window for k, v in jax.device_get(window).items()}
-        train_scalars['learning_rate'] = float(s.schedule(step - 1))
-        line, rates = progress.line(step, {k: train_scalars[k] for k in ('loss', 'grad_norm')})
-        logging.info(line)
-        writer.write(step, 'train', {**train_scalars, **rates})
-        window, n_window = None, 0
-      if eval_every > 0 and (step % eval_every == 0 or last):
-        eval_scalars = _evaluate_all(s, config, state.params, eval_loader, eval_metrics_fn)
-        logging.info('eval at step %d: %s', step,
-                     ', '.join(f'{k} {v:.4g}' for k, v in eval_scalars.items()))
-        writer.write(step, 'eval', eval_scalars)
-      if last or preempted or ckpt.manager.should_save(step):
-        check_health(step)
-        ckpt.save(step, state, data_iter, meta, force=last or preempted)
-      if preempted:
-        logging.warning('preempted: saved step %d to %s; rerun the same command to resume',
-                        step, ckpt.directory)
+    for h in hooks:
+      h.begin(loop)
+    for step in range(start + 1, stop + 1):
+      for h in hooks:
+        h.before_step(loop, step)
+      loop.state, m = step_fn(loop.state, step)
+      loop.step = step
+      # Read once per step, before any hook: every process saves and stops at the same step.
+      loop.preempted = watcher.requested(step)
+      for h in hooks:
+        h.after_step(loop, step, m)
+      if loop.preempted:
         break
     writer.flush()
-    ckpt.wait()
+    for h in hooks:
+      h.end(loop)
   finally:
     watcher.close()
     writer.close()
-    ckpt.wait()
-    ckpt.close()
-  return {'step': int(state.step), 'preempted': preempted, 'train': train_scalars,
-          'eval': eval_scalars, 'state': state}
+    for h in hooks:
+      h.close()
+  return loop
+
+
+def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_loader,
+          eval_metrics_fn=None):
+  """train_and_evaluate's loop: the train step, window logging, eval, checkpoints."""
+  total, gb = int(config.num_train_steps), int(config.batch_size)
+  expected = s.task.batch_shapes(gb)
+
+  def step_fn(state, step):
+    try:
+      batch = next(data_iter)
+    except StopIteration:
+      raise ValueError(f'training data ran out at step {step}') from None
+    return s.train_step(state, global_batch(batch, s.batch_shardings, expected))
+
+  def non_finite(first, step):
+    ckpt.wait()  # so the last good checkpoint named is on disk
+    return (f'non-finite loss or gradient norm between steps {first} and {step}; '
+            f'training stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in '
+            f'{ckpt.directory}. Lower the learning rate or enable optimizer.grad_clip_norm, then '
+            'rerun to resume from it.')
+
+  eval_every = int(config.eval_every)
+  guard = hooks_lib.NonFiniteGuard(lambda m: m['loss'] + m['grad_norm'], non_finite)
+  log = hooks_lib.Log(int(config.log_every), ('loss', 'grad_norm'), gb * s.task.units_per_example,
+                      s.task.unit, schedule=s.schedule, guard=guard)
+  ev = hooks_lib.Eval(lambda st: _evaluate_all(s, config, st.params, eval_loader, eval_metrics_fn),
+                      eval_every, at_end=eval_every > 0,
+                      at_start=eval_every > 0 and bool(config.get('eval_at_start')))
+  hooks = [guard, log, ev, hooks_lib.Checkpoint(ckpt, data_iter, meta, guard=guard),
+           *hooks_lib.profile_hook(config.get('profile_steps'), workdir)]
+  out = run_loop(state, step_fn, hooks, start=start, total=total, workdir=workdir,
+                 preemption_sync_every=int(config.checkpoint.preemption_sync_every))
+  return {'step': int(out.state.step), 'preempted': out.preempted, 'train': log.scalars,
+          'eval': ev.scalars, 'state': out.state}
