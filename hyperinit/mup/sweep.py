@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from hyperinit import models
+from hyperinit.mup import optim as mup_optim
 from hyperinit.mup import train as mup_train
 from hyperinit.mup.sweep_report import LABELS, PARAMETRIZATIONS, write_json
 
@@ -106,16 +107,15 @@ def width_program(config: Any, param: str, width: int) -> WidthProgram:
   target, base = model_configs(config, width)
   opt = copy.deepcopy(config.optimizer)
   opt.learning_rate = 1.0                               # unit peak: the sweep's LR scales it
-  schedule = _schedule(opt, int(config.steps))
   specs = models.param_specs(target)
   if param == 'mup':
     run = mup_train.build(target, base, mup_options(config))
     model_cfg, mults, transform = run.model_cfg, run.mults, run.init_transform
-    tx = mup_train.make_optimizer(opt, specs, schedule, mults, wd_mode=run.options['wd_mode'],
-                                  eps_mode=run.options['eps_mode'])
+    tx = _optimizer(opt, int(config.steps), specs, mults, wd_mode=run.options['wd_mode'],
+                    eps_mode=run.options['eps_mode'])
   else:
     model_cfg, transform = target, (lambda p: p)
-    tx = mup_train.make_optimizer(opt, specs, schedule, None)
+    tx = _optimizer(opt, int(config.steps), specs, None)
   module = models.build(model_cfg)
 
   def losses(params, inputs, targets):
@@ -151,9 +151,32 @@ def width_program(config: Any, param: str, width: int) -> WidthProgram:
   return WidthProgram(model_cfg, init, train_exe, eval_exe)
 
 
-def _schedule(opt, steps):
-  from hyperinit.train import optim  # pylint: disable=g-import-not-at-top
-  return optim.make_schedule(opt, steps)
+def _optimizer(opt, steps: int, specs, mults, **modes) -> optax.GradientTransformation:
+  """The trainer's optimizer for `config.optimizer` (`hyperinit.train.optim.from_config`).
+
+  Read here because a method module may not import the trainer; when this study
+  moves above `hyperinit.train`, replace the body by `optim.from_config(...)[0]`.
+  """
+  peak, warmup = float(opt.learning_rate), int(opt.warmup_steps)
+  decay_steps, end = int(opt.get('decay_steps') or steps), peak * float(opt.min_lr_ratio)
+  warm = optax.linear_schedule(0.0, peak, warmup)
+  schedule = {
+      'cosine': lambda: optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end),
+      'linear': lambda: optax.join_schedules(
+          [warm, optax.linear_schedule(peak, end, decay_steps - warmup)], [warmup]),
+      'constant': lambda: (optax.constant_schedule(peak) if warmup == 0 else
+                           optax.join_schedules([warm, optax.constant_schedule(peak)], [warmup])),
+  }[opt.schedule]()
+  wd = float(opt.weight_decay) or None
+  kw = dict(grad_clip=float(opt.grad_clip_norm) or None, **modes,
+            mask=(lambda p: mup_optim.decay_mask(specs, p)) if wd else None)
+  kw['weight_decay' if opt.name == 'adamw' else 'l2'] = wd   # adam, sgd: coupled L2
+  if opt.name in ('adamw', 'adam'):
+    kw.update(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps))
+  else:
+    kw.update(momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
+    kw.pop('eps_mode', None)
+  return mup_optim.make_optimizer(opt.name, schedule, mults, **kw)
 
 
 # --- data ----------------------------------------------------------------------------------
