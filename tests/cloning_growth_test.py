@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from hyperinit import cloning, models, spec
+from hyperinit import cloning, models, mup, spec
 from hyperinit.spec import ParamSpec
 
 
@@ -94,7 +94,7 @@ def test_widened_adam_state_continues_the_source_run(name, factors, variant):
   big_state = cloning.widen_opt_state(state, plan)
   assert int(big_state[0].count) == 3
   tx_d = optax.chain(optax.scale_by_adam(eps=eps),
-                     cloning.scale_by_tree(cloning.update_multipliers(plan)),
+                     mup.scale_per_leaf(cloning.update_multipliers(plan)),
                      optax.add_decayed_weights(wd), optax.scale(-lr))
   big_state = (big_state[0], optax.EmptyState()) + tuple(big_state[1:])
   upd, _ = tx.update(g_s, state, params)
@@ -124,7 +124,7 @@ def test_widened_moments_equal_those_of_a_clone_trained_from_the_start():
   adam = lambda: optax.scale_by_adam(eps=1e-20)
   _, state = _run(cfg, p0, optax.chain(adam(), optax.scale(-1e-2)))
   # The wide run stays a clone thanks to the multipliers, so its moments are the reference.
-  wide_tx = optax.chain(adam(), cloning.scale_by_tree(cloning.update_multipliers(plan)),
+  wide_tx = optax.chain(adam(), mup.scale_per_leaf(cloning.update_multipliers(plan)),
                         optax.scale(-1e-2))
   _, wide_state = _run(dst, cloning.apply_plan(plan, p0), wide_tx)
   widened = cloning.widen_opt_state(state, plan)

@@ -212,18 +212,19 @@ def test_optimizer_is_the_trainer_chain_with_mup_factors(name):
     params, grads = (jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32),
                                   models.param_shapes(cfg)) for _ in range(2))
     sched = optim.make_schedule(opt, 10)
-    sp = _updates(optim.make_optimizer(opt, 10, specs)[0], params, grads)
+    sp = _updates(optim.from_config(opt, 10, specs)[0], params, grads)
     if cfg is base:   # muP at base width: bit-identical to the trainer's (SP) optimizer
       m = mup.config_multipliers(base, base)
-      got = _updates(mup_train.make_optimizer(opt, specs, sched, m), params, grads)
+      got = _updates(optim.from_config(opt, 10, specs, m, wd_mode='width_invariant')[0],
+                     params, grads)
       for k in sp:
         np.testing.assert_array_equal(got[k], sp[k], err_msg=k)
       continue
     # width x2: the hidden update is the SP update with its optimizer part / 2 (Adam) or x1
     # (SGD: fan_out/fan_in); input-like and vector leaves x1 (Adam) or x2 (SGD).
     mults = mup.config_multipliers(mup.mup_config(wide, base), base)
-    got = _updates(mup_train.make_optimizer(opt, specs, sched, mults, eps_mode='none'),
-                   params, grads)
+    got = _updates(optim.from_config(opt, 10, specs, mults, wd_mode='width_invariant',
+                                     eps_mode='none')[0], params, grads)
     flat_p = spec_lib.flatten(params)
     lr = float(sched(1))
     for k, want_sp in sp.items():

@@ -41,7 +41,7 @@ def test_adamw_chain_matches_optax_adamw():
   params = models.init_params(cfg, jax.random.key(0))
   opt = _opt(name='adamw', learning_rate=1e-2, weight_decay=0.1, warmup_steps=3,
              schedule='cosine', grad_clip_norm=0.5, min_lr_ratio=0.1)
-  tx, schedule = optim.make_optimizer(opt, 10, specs)
+  tx, schedule = optim.from_config(opt, 10, specs)
   # GPT-2 convention, by name: decay kernels and embeddings, not biases or norm gains
   mask = jax.tree_util.tree_map_with_path(
       lambda path, _: str(path[-1].key) in ('kernel', 'embedding'), params)
@@ -69,7 +69,7 @@ def test_adamw_chain_matches_optax_adamw():
 
 def test_schedules_closed_form():
   peak, w, total, r = 1.0, 10, 110, 0.1
-  cos, _ = optim.make_optimizer(_opt(learning_rate=peak, warmup_steps=w, min_lr_ratio=r), total)
+  cos, _ = optim.from_config(_opt(learning_rate=peak, warmup_steps=w, min_lr_ratio=r), total)
   del cos
   sched = optim.make_schedule(_opt(learning_rate=peak, warmup_steps=w, min_lr_ratio=r), total)
   lin = optim.make_schedule(_opt(learning_rate=peak, warmup_steps=w, min_lr_ratio=r,
@@ -86,7 +86,7 @@ def test_schedules_closed_form():
   with pytest.raises(ValueError, match='schedule'):
     optim.make_schedule(_opt(schedule='step'), 10)
   with pytest.raises(ValueError, match='optimizer.name'):
-    optim.make_optimizer(_opt(name='adagrad'), 10)
+    optim.from_config(_opt(name='adagrad'), 10)
 
 
 def test_decay_mask_reads_the_annotations():
@@ -102,7 +102,7 @@ def test_sgd_and_lr_multipliers():
   g = {'w': jnp.full((2, 2), 2.0), 'b': jnp.full((2,), 2.0)}
   opt = _opt(name='sgd', momentum=0.0, learning_rate=0.1, warmup_steps=0, schedule='constant',
              grad_clip_norm=0.0, weight_decay=0.0)
-  tx, _ = optim.make_optimizer(opt, 10, lr_multipliers={'w': 0.5, 'b': 1.0})
+  tx, _ = optim.from_config(opt, 10, lr_factors={'w': 0.5, 'b': 1.0})
   u, _ = tx.update(g, tx.init(params), params)
   np.testing.assert_allclose(u['w'], -0.1 * 0.5 * 2.0)
   np.testing.assert_allclose(u['b'], -0.1 * 2.0)

@@ -20,8 +20,8 @@ from hyperinit.cloning.depth import (grow_depth, grow_depth_config, grow_depth_m
 from hyperinit.cloning.factors import (KV_RULES, NON_WIDENABLE, factors_between, factors_for,
                                        resolve_factors)
 from hyperinit.cloning.noise import NOISE_DISTS, hash_noise
-from hyperinit.cloning.optim import (grad_scale, scale_by_tree, update_multipliers,
-                                     widen_like_gradient, widen_opt_state)
+from hyperinit.cloning.optim import (grad_scale, update_multipliers, widen_like_gradient,
+                                     widen_opt_state)
 from hyperinit.cloning.symmetry import symmetry, symmetry_fn, symmetry_summary
 from hyperinit.cloning.widen import (TIE_MODES, VARIANTS, ClonePlan, LeafPlan, apply_plan, clone,
                                      clone_fn, logical_shardings, make_plan)
@@ -31,6 +31,6 @@ __all__ = ['KV_RULES', 'NOISE_DISTS', 'NON_WIDENABLE', 'TIE_MODES', 'VARIANTS', 
            'describe', 'factors_between', 'factors_for', 'grad_scale', 'grow_depth',
            'grow_depth_config', 'grow_depth_model', 'grow_depth_opt_state', 'hash_noise',
            'logical_shardings', 'make_plan', 'nonstandard_reasons', 'plan_model',
-           'resolve_factors', 'scale_by_tree', 'source_sizes', 'symmetry', 'symmetry_fn',
+           'resolve_factors', 'source_sizes', 'symmetry', 'symmetry_fn',
            'symmetry_summary', 'update_multipliers', 'widen_like_gradient',
            'widen_opt_state', 'writes_residual']

@@ -30,9 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import optax
 
 from hyperinit import spec as spec_lib
 from hyperinit.cloning import widen
@@ -112,25 +110,12 @@ def widen_opt_state(opt_state: Any, plan: widen.ClonePlan) -> Any:
   return walk(opt_state, 'opt_state')
 
 
-def update_multipliers(plan: widen.ClonePlan) -> dict[str, Any]:
-  """Per-leaf multipliers scale / N_in for the Adam direction (see module doc).
+def update_multipliers(plan: widen.ClonePlan) -> dict[str, float]:
+  """Per-leaf factors scale / N_in for the Adam direction (see module doc), {path: float}.
 
-  Leaves created by the clone (an untied readout) get 1.
+  Leaves created by the clone (an untied readout) get 1.  Pass them to the one
+  per-leaf transform, placed after the direction and before weight decay:
+  `mup.scale_per_leaf(update_multipliers(plan))`, or
+  `mup.make_optimizer(kind, lr, lr_factors=update_multipliers(plan), ...)`.
   """
-  out = {}
-  for lp in plan.leaves:
-    out[lp.path] = 1.0 if lp.perm is not None else lp.scale / lp.n_in
-  return spec_lib.unflatten(out)
-
-
-def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
-  """optax transform multiplying each update leaf by a constant from a tree."""
-  def init(params):
-    del params
-    return optax.EmptyState()
-
-  def update(updates, state, params=None):
-    del params
-    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
-
-  return optax.GradientTransformation(init, update)
+  return {lp.path: 1.0 if lp.perm is not None else lp.scale / lp.n_in for lp in plan.leaves}

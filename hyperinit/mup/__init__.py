@@ -7,6 +7,7 @@
     mults = mup.config_multipliers(cfg, base)                  # per-leaf classes and multipliers
     params = mup.init_params(cfg, rng, mults)                  # hidden var ~ 1/fan_in, zero readout
     tx = mup.make_optimizer('adamw', schedule, mults, weight_decay=0.1, grad_clip=1.0)
+    sp = mup.make_optimizer('adamw', schedule, None, weight_decay=0.1, grad_clip=1.0)  # SP
 
 Everything is derived from the `ParamSpec` annotations; the multipliers are a
 JSON-serialisable mapping (path -> class, fan-in/fan-out multipliers), and the
@@ -15,15 +16,17 @@ optimizer factors are static per path, so sharded (FSDP) updates just work.
 
 from hyperinit.mup.init import (INIT_SCHEMES, init_factors, init_params, mup_config,
                                 rescale_init)
-from hyperinit.mup.optim import (KINDS, adafactor, adam, adamw, eps_multipliers, lion,
-                                 lr_multipliers, lr_tree, make_optimizer, scale_by_adam,
-                                 scale_by_mup, scale_per_leaf, sgd)
+from hyperinit.mup.optim import (KINDS, adafactor, adam, adamw, chain, decay_mask,
+                                 eps_multipliers, lion, lr_multipliers, lr_tree, make_optimizer,
+                                 scale_by_mup, sgd)
+from hyperinit.mup.transforms import leaf_factors, scale_by_adam, scale_leaves, scale_per_leaf
 from hyperinit.mup.shapes import (CLASSES, LeafMult, Multipliers, class_counts,
                                   config_multipliers, summary, width_multipliers)
 
 __all__ = [
     'CLASSES', 'INIT_SCHEMES', 'KINDS', 'LeafMult', 'Multipliers', 'adafactor', 'adam', 'adamw',
-    'class_counts', 'config_multipliers', 'eps_multipliers', 'init_factors', 'init_params',
-    'lion', 'lr_multipliers', 'lr_tree', 'make_optimizer', 'mup_config', 'rescale_init',
-    'scale_by_adam', 'scale_by_mup', 'scale_per_leaf', 'sgd', 'summary', 'width_multipliers',
+    'chain', 'class_counts', 'config_multipliers', 'decay_mask', 'eps_multipliers',
+    'init_factors', 'init_params', 'leaf_factors', 'lion', 'lr_multipliers', 'lr_tree',
+    'make_optimizer', 'mup_config', 'rescale_init', 'scale_by_adam', 'scale_by_mup',
+    'scale_leaves', 'scale_per_leaf', 'sgd', 'summary', 'width_multipliers',
 ]

@@ -25,10 +25,9 @@ import math
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 
-from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers, config_multipliers
+from hyperinit.mup.transforms import scale_leaves
 
 INIT_SCHEMES = ('normal', 'fan_in', 'fan_out')
 READOUT_INITS = ('zero', 'base', 'keep')
@@ -89,19 +88,9 @@ def rescale_init(params: Any, mults: Multipliers, **kwargs) -> Any:
   """muP init from a standard init at the target width (see `init_factors` for kwargs).
 
   Pure and jittable: params [any tree of arrays] -> same tree, each leaf times
-  its factor (leaves with factor 1 are returned unchanged).
+  its factor (`scale_leaves`: factor 1 returns the leaf, 0 exact zeros).
   """
-  factors = init_factors(mults, **kwargs)
-
-  def one(path, x):
-    key = spec_lib.path_str(path)
-    if key not in factors:
-      raise KeyError(f'no muP multipliers for leaf {key!r}: they were built for another tree')
-    f = factors[key]
-    if f == 1.0:
-      return x
-    return jnp.zeros_like(x) if f == 0.0 else x * jnp.asarray(f, x.dtype)
-  return jax.tree_util.tree_map_with_path(one, params)
+  return scale_leaves(params, init_factors(mults, **kwargs), 'init factor')
 
 
 def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero',

@@ -1,4 +1,7 @@
-"""muP optimizers as optax transforms: per-leaf learning-rate (and Adam epsilon) scaling.
+"""muP optimizers: one chain (`chain`), one constructor (`make_optimizer`), muP's rules.
+
+    tx = make_optimizer('adamw', schedule, mults, grad_clip=1.0, weight_decay=0.1, mask=mask)
+    tx = make_optimizer('adamw', schedule, None, ...)   # standard parametrisation: optax.adamw
 
 The per-leaf factors are static Python floats keyed by the leaf's path, so a
 jitted update with sharded parameters needs nothing special (no metadata rides
@@ -38,7 +41,7 @@ Weight decay (`wd_mode`), with lr the scheduled rate and s the leaf's factor:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +49,9 @@ import optax
 
 from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers
+# The per-leaf pieces live in transforms.py; re-exported here as the optimizer API.
+from hyperinit.mup.transforms import (leaf_factors, lookup, scale_by_adam, scale_leaves,
+                                      scale_per_leaf)
 
 RULES = ('adam', 'sgd', 'adafactor_relative')
 WD_MODES = ('width_invariant', 'decoupled')
@@ -110,35 +116,6 @@ def eps_multipliers(mults: Multipliers, mode: str = 'all') -> dict[str, float]:
   return out
 
 
-def _lookup(table: Mapping[str, float], path, what: str) -> float:
-  key = spec_lib.path_str(path)
-  try:
-    return table[key]
-  except KeyError:
-    raise KeyError(f'no muP {what} for leaf {key!r}: the multipliers were built for another '
-                   f'parameter tree (e.g. {sorted(table)[:3]})') from None
-
-
-def scale_per_leaf(scales: Mapping[str, float], what: str = 'scale'
-                   ) -> optax.GradientTransformation:
-  """Multiplies each update leaf by a static per-path factor (1.0: left untouched)."""
-  scales = dict(scales)
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-
-    def one(path, u):
-      s = _lookup(scales, path, what)
-      return u if s == 1.0 else u * s
-    return jax.tree_util.tree_map_with_path(one, updates), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
 def scale_by_mup(mults: Multipliers | None, rule: str = 'adam') -> optax.GradientTransformation:
   """Per-leaf muP learning-rate factors; identity when `mults` is None (plain SP).
 
@@ -151,59 +128,87 @@ def scale_by_mup(mults: Multipliers | None, rule: str = 'adam') -> optax.Gradien
   return scale_per_leaf(lr_multipliers(mults, rule), 'learning-rate multiplier')
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
-                  mu_dtype: Any = None, *, nesterov: bool = False,
-                  eps_scales: Mapping[str, float] | None = None) -> optax.GradientTransformation:
-  """`optax.scale_by_adam` with a per-leaf epsilon eps * eps_scales[path].
+def decay_mask(specs: Any = None, params: Any = None) -> Any:
+  """True for leaves that get weight decay: matrices and embeddings.
 
-  Same state (`optax.ScaleByAdamState`) and, at eps_scales == 1, the same
-  arithmetic as optax, so updates are bit-identical there.
+  Args:
+    specs: ParamSpec tree; a leaf with fan-in axes that is not a norm parameter decays.
+    params: used when specs is None: leaves of rank >= 2 decay.
+
+  Returns:
+    A tree of bools shaped like specs / params.  Biases, norm gains and the ViT
+    class token are never decayed.
   """
-  if eps_scales is None:
-    return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-  eps_scales = dict(eps_scales)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-
-  def init_fn(params):
-    mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-    nu = optax.tree.zeros_like(params)
-    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
-
-  def update_fn(updates, state, params=None):
-    del params
-    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    count_inc = optax.safe_increment(state.count)
-    if nesterov:
-      mu_hat = jax.tree.map(
-          lambda m, g: b1 * m + (1 - b1) * g,
-          optax.tree.bias_correction(mu, b1, optax.safe_increment(count_inc)),
-          optax.tree.bias_correction(updates, b1, count_inc))
-    else:
-      mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
-    nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
-
-    def one(path, m, v):
-      e = eps * _lookup(eps_scales, path, 'epsilon multiplier')
-      return m / (jnp.sqrt(v + eps_root) + e)
-    updates = jax.tree_util.tree_map_with_path(one, mu_hat, nu_hat)
-    mu = optax.tree.cast(mu, mu_dtype)
-    nu = optax.tree.cast_like(nu, state.nu)
-    return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  if specs is not None:
+    return jax.tree.map(lambda s: bool(s.fan_in) and s.role not in ('norm', 'final_norm'),
+                        specs, is_leaf=spec_lib.is_spec)
+  if params is None:
+    raise ValueError('decay_mask needs specs or params')
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def _decayed(core: list, mup: optax.GradientTransformation, weight_decay, mask, wd_mode: str,
-             learning_rate) -> optax.GradientTransformation:
-  """chain(core..., [mup, decay] or [decay, mup], lr) by the weight-decay mode."""
+def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
+          scale: optax.GradientTransformation | None = None, wd_mode: str = 'width_invariant',
+          weight_decay=None, mask=None, l2=None, grad_clip: float | None = None,
+          relative_step: Sequence[optax.GradientTransformation] | None = None
+          ) -> optax.GradientTransformation:
+  """The one optimizer chain (a flat `optax.chain`, so its state is a flat tuple):
+
+      [clip_by_global_norm] -> [coupled L2] -> direction
+        -> width_invariant: [scale] -> [decoupled decay]
+           decoupled:       [decoupled decay] -> [scale]
+        -> scale_by_learning_rate(learning_rate)
+
+  Args:
+    direction: the base optimizer's normaliser (scale_by_adam, a momentum
+      trace, scale_by_lion, Adafactor's factored RMS + block clipping); may be empty.
+    learning_rate: float or optax schedule (ignored with `relative_step`).
+    scale: per-leaf update scale (muP factors, `scale_per_leaf`), or None.
+    wd_mode: where `scale` sits relative to the decoupled decay (module doc):
+      'width_invariant' before it (the decay is lr * wd at every width),
+      'decoupled' after it (the decay is scaled too, lr * s * wd).
+    weight_decay: decoupled (AdamW-style) decay rate, or None.
+    mask: weight-decay mask (tree or callable) for both kinds of decay.
+    l2: coupled L2 rate: wd * params added to the gradient before the
+      direction (so it is normalised and scaled with it), or None.
+    grad_clip: global-norm clipping threshold, or None.
+    relative_step: Adafactor's tail (optax.adafactor's order, which these
+      reproduce exactly): these transforms (lr without sign flip, RMS(param),
+      momentum) replace the final learning rate, go after a width-invariant
+      `scale` and before the decay, and the chain ends in scale(-1), so the
+      decay is not multiplied by the learning rate.
+  """
   _check('wd_mode', wd_mode, WD_MODES)
-  if weight_decay is None:
-    tail = [mup]
+  parts = [] if grad_clip is None else [optax.clip_by_global_norm(grad_clip)]
+  if l2 is not None:
+    parts.append(optax.add_decayed_weights(l2, mask))
+  parts += list(direction)
+  pre, post = ([scale], []) if wd_mode == 'width_invariant' else ([], [scale])
+  if scale is None:
+    pre, post = [], []
+  decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay, mask)]
+  if relative_step is None:
+    parts += pre + decay + post + [optax.scale_by_learning_rate(learning_rate)]
   else:
-    decay = optax.add_decayed_weights(weight_decay, mask)
-    tail = [mup, decay] if wd_mode == 'width_invariant' else [decay, mup]
-  return optax.chain(*core, *tail, optax.scale_by_learning_rate(learning_rate))
+    parts += pre + list(relative_step) + decay + post + [optax.scale(-1)]
+  return optax.chain(*parts)
+
+
+def _scale(mults: Multipliers | None, rule: str, lr_factors: Any
+           ) -> optax.GradientTransformation | None:
+  """muP's factors (by `rule`) times any extra per-leaf `lr_factors`; None when neither."""
+  if mults is None and lr_factors is None:
+    return None
+  if lr_factors is None:
+    return scale_by_mup(mults, rule)
+  extra = leaf_factors(lr_factors)
+  if mults is None:
+    return scale_per_leaf(extra, 'learning-rate factor')
+  table = lr_multipliers(mults, rule)
+  missing = sorted(set(table) - set(extra))
+  if missing:
+    raise KeyError(f'lr_factors has no factor for leaves {missing[:3]}')
+  return scale_per_leaf({k: v * extra[k] for k, v in table.items()}, 'learning-rate multiplier')
 
 
 def _eps_scales(mults, eps_mode):
@@ -213,41 +218,51 @@ def _eps_scales(mults, eps_mode):
 def adamw(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None,
           weight_decay=1e-4, mask=None, *, nesterov: bool = False,
-          wd_mode: str = 'width_invariant', eps_mode: str = 'all') -> optax.GradientTransformation:
-  """muP AdamW; `optax.adamw` (same defaults) when mults is None or at base width."""
-  core = [scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
-                        eps_scales=_eps_scales(mults, eps_mode))]
-  return _decayed(core, scale_by_mup(mults, 'adam'), weight_decay, mask, wd_mode, learning_rate)
+          wd_mode: str = 'width_invariant', eps_mode: str = 'all', grad_clip=None, l2=None,
+          lr_factors: Any = None) -> optax.GradientTransformation:
+  """muP AdamW; `optax.adamw` (same defaults) when mults is None or at base width.
+
+  grad_clip, l2 and lr_factors: see `make_optimizer`.
+  """
+  direction = [scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+                             eps_scales=_eps_scales(mults, eps_mode))]
+  return chain(direction, learning_rate, scale=_scale(mults, 'adam', lr_factors),
+               wd_mode=wd_mode, weight_decay=weight_decay, mask=mask, l2=l2, grad_clip=grad_clip)
 
 
 def adam(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None, *,
-         nesterov: bool = False, eps_mode: str = 'all') -> optax.GradientTransformation:
-  """muP Adam; `optax.adam` when mults is None or at base width."""
-  return adamw(learning_rate, mults, b1, b2, eps, eps_root, mu_dtype, None, None,
-               nesterov=nesterov, eps_mode=eps_mode)
+         nesterov: bool = False, eps_mode: str = 'all', mask=None, **common
+         ) -> optax.GradientTransformation:
+  """muP Adam (no decoupled decay; `l2=` adds coupled L2 under `mask`); `optax.adam` at
+  base width.  common: grad_clip, l2, lr_factors, wd_mode (see `make_optimizer`)."""
+  return adamw(learning_rate, mults, b1, b2, eps, eps_root, mu_dtype, None, mask,
+               nesterov=nesterov, eps_mode=eps_mode, **common)
 
 
 def lion(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.99,
          mu_dtype: Any = None, weight_decay=1e-3, mask=None, *,
-         wd_mode: str = 'width_invariant') -> optax.GradientTransformation:
+         wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
   """muP Lion (sign updates of unit size: the Adam-like rule); `optax.lion` at base width."""
-  core = [optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)]
-  return _decayed(core, scale_by_mup(mults, 'adam'), weight_decay, mask, wd_mode, learning_rate)
+  lr_factors = common.pop('lr_factors', None)
+  return chain([optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)], learning_rate,
+               scale=_scale(mults, 'adam', lr_factors), wd_mode=wd_mode,
+               weight_decay=weight_decay, mask=mask, **common)
 
 
 def sgd(learning_rate, mults: Multipliers | None, momentum: float | None = None,
         nesterov: bool = False, accumulator_dtype: Any = None, weight_decay=None, mask=None, *,
-        wd_mode: str = 'width_invariant') -> optax.GradientTransformation:
+        wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
   """muP SGD.  `optax.sgd` at base width when weight_decay is None; with weight
   decay it is SGDW (decay added after momentum, like AdamW), i.e.
-  chain(trace, add_decayed_weights, scale_by_learning_rate) at base width.
+  chain(trace, add_decayed_weights, scale_by_learning_rate) at base width;
+  `l2=` is coupled L2 (added to the gradient before momentum) instead.
   """
-  core = []
-  if momentum is not None:
-    core.append(optax.trace(decay=momentum, nesterov=nesterov,
-                            accumulator_dtype=accumulator_dtype))
-  return _decayed(core, scale_by_mup(mults, 'sgd'), weight_decay, mask, wd_mode, learning_rate)
+  lr_factors = common.pop('lr_factors', None)
+  direction = [] if momentum is None else [
+      optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)]
+  return chain(direction, learning_rate, scale=_scale(mults, 'sgd', lr_factors),
+               wd_mode=wd_mode, weight_decay=weight_decay, mask=mask, **common)
 
 
 def adafactor(learning_rate=None, mults: Multipliers | None = None,
@@ -256,7 +271,7 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
               clipping_threshold: float | None = 1.0, momentum: float | None = None,
               dtype_momentum: Any = jnp.float32, weight_decay_rate=None, eps: float = 1e-30,
               factored: bool = True, weight_decay_mask=None, *,
-              wd_mode: str = 'width_invariant') -> optax.GradientTransformation:
+              wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
   """muP Adafactor; `optax.adafactor` (same defaults and chain) at base width.
 
   The factored second moment normalises each entry to Theta(1) like Adam (its
@@ -272,26 +287,21 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
   its decay after the learning rate (the decay is not multiplied by lr):
   'width_invariant' keeps it at wd per step, 'decoupled' scales it by s.
   """
-  _check('wd_mode', wd_mode, WD_MODES)
-  mup = scale_by_mup(mults, 'adafactor_relative' if multiply_by_parameter_scale else 'adam')
-  tx = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor,
-                                    eps)]
+  lr_factors = common.pop('lr_factors', None)
+  rule = 'adafactor_relative' if multiply_by_parameter_scale else 'adam'
+  direction = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
+                                           min_dim_size_to_factor, eps)]
   if clipping_threshold is not None:
-    tx.append(optax.clip_by_block_rms(clipping_threshold))
-  if wd_mode == 'width_invariant':
-    tx.append(mup)
-  if learning_rate is not None:
-    tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    direction.append(optax.clip_by_block_rms(clipping_threshold))
+  step = [] if learning_rate is None else [
+      optax.scale_by_learning_rate(learning_rate, flip_sign=False)]
   if multiply_by_parameter_scale:
-    tx.append(optax.scale_by_param_block_rms())
+    step.append(optax.scale_by_param_block_rms())
   if momentum is not None:
-    tx.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
-  if weight_decay_rate is not None:
-    tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
-  if wd_mode == 'decoupled':
-    tx.append(mup)
-  tx.append(optax.scale(-1))
-  return optax.chain(*tx)
+    step.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+  return chain(direction, learning_rate, scale=_scale(mults, rule, lr_factors), wd_mode=wd_mode,
+               weight_decay=weight_decay_rate, mask=weight_decay_mask, relative_step=step,
+               **common)
 
 
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -299,22 +309,34 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 def make_optimizer(kind: str, learning_rate, mults: Multipliers | None = None, *,
-                   grad_clip: float | None = None, **kwargs) -> optax.GradientTransformation:
-  """One entry point for trainers: `kind` in KINDS, optional global-norm clipping first.
+                   grad_clip: float | None = None, l2=None, lr_factors: Any = None,
+                   **kwargs) -> optax.GradientTransformation:
+  """The one optimizer constructor: `chain` for `kind` in KINDS.
 
-  `learning_rate` may be an optax schedule.  `mults=None` gives the plain optax
-  optimizer (standard parametrisation) through the same code path.  Extra
-  keyword arguments go to the builder (b1, b2, eps, weight_decay, wd_mode,
-  eps_mode, momentum, ...).
+  Args:
+    kind: 'adam', 'adamw', 'lion', 'sgd' or 'adafactor' (the builders above).
+    learning_rate: float or optax schedule.
+    mults: muP `Multipliers` (per-leaf learning rates and Adam epsilons, see
+      the module doc), or None for the standard parametrisation (the plain
+      optax optimizer, through the same code path).
+    grad_clip: global-norm clipping threshold, first in the chain, or None.
+    l2: coupled L2 rate (added to the gradient before the direction), or None.
+    lr_factors: extra static per-leaf update factors ({path: float} or a
+      params-shaped tree of floats, e.g. `cloning.update_multipliers(plan)`),
+      multiplied into muP's; they sit where muP's factors do (`wd_mode`).
+    **kwargs: the builder's own (b1, b2, eps, weight_decay, mask, wd_mode,
+      eps_mode, momentum, nesterov, ...).
+
+  Returns:
+    A flat optax chain: `tx.update(grads, state, params)` -> (updates, state),
+    updates shaped like params.
   """
   _check('optimizer kind', kind, KINDS)
-  tx = _BUILDERS[kind](learning_rate, mults, **kwargs)
-  if grad_clip is not None:
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  return tx
+  return _BUILDERS[kind](learning_rate, mults, grad_clip=grad_clip, l2=l2,
+                         lr_factors=lr_factors, **kwargs)
 
 
 def lr_tree(mults: Multipliers, like: Any, rule: str = 'adam') -> Any:
   """The learning-rate factors as a pytree shaped like `like` (for logging)."""
   table = lr_multipliers(mults, rule)
-  return jax.tree_util.tree_map_with_path(lambda p, _: _lookup(table, p, 'lr'), like)
+  return jax.tree_util.tree_map_with_path(lambda p, _: lookup(table, p, 'lr'), like)

@@ -5,9 +5,10 @@
 
 * `model_cfg`: the run's model with muP's forward multipliers (`mup_config`);
 * `mults`: per-leaf `Multipliers` against the base model;
-* `optimizer(config, specs, schedule)`: the trainer's optax chain (same
-  clipping, schedule and weight-decay mask) with muP's per-leaf learning rates
-  and Adam epsilons; at base width it is bit-identical to the SP optimizer;
+* the optimizer: the trainer builds it (`hyperinit.train.optim.from_config`
+  with `mults` and the wd / eps modes of `options`), i.e. `mup.make_optimizer`
+  with muP's per-leaf learning rates and Adam epsilons; at base width it is
+  bit-identical to the SP optimizer;
 * `params_transform(params, specs)`: muP init for a fresh run, or, for params
   loaded with `init_from`, `fold_multipliers`: the change of forward
   multipliers is folded into the weights so that the loaded model computes
@@ -27,10 +28,6 @@ import json
 import math
 import os
 from typing import Any, Callable, Mapping
-
-import jax
-import jax.numpy as jnp
-import optax
 
 from hyperinit import models
 from hyperinit import spec as spec_lib
@@ -135,12 +132,6 @@ class MupRun:
             'base_config': self.base_cfg.to_dict(), 'target_config': self.target_cfg.to_dict(),
             'config': dict(self.options)}
 
-  def optimizer(self, config: Any, specs: Any, schedule: optax.Schedule
-                ) -> optax.GradientTransformation:
-    """The trainer's `optimizer=` factory: `make_optimizer` with these multipliers."""
-    return make_optimizer(config.optimizer, specs, schedule, self.mults,
-                          wd_mode=self.options['wd_mode'], eps_mode=self.options['eps_mode'])
-
   def init_transform(self, params: Any, specs: Any = None) -> Any:
     """muP init from the model's standard init at the target width (jittable)."""
     del specs
@@ -151,7 +142,7 @@ class MupRun:
   def fold_transform(self, source_cfg: models.ModelConfig) -> Callable[[Any, Any], Any]:
     """`params_transform` for init_from params computed under `source_cfg`'s multipliers."""
     factors = fold_factors(self.mults, source_cfg, self.model_cfg)
-    return lambda params, specs=None: apply_factors(params, factors)
+    return lambda params, specs=None: mup_optim.scale_leaves(params, factors, 'fold factor')
 
 
 def build(target: models.ModelConfig, base: models.ModelConfig,
@@ -227,35 +218,6 @@ def load_multipliers(path: str, step: int | None = None) -> Multipliers:
   return Multipliers.from_json(json.dumps(meta['mup']['multipliers']))
 
 
-# --- optimizer ------------------------------------------------------------------------
-
-def make_optimizer(opt: Any, specs: Any, schedule: optax.Schedule, mults: Multipliers | None, *,
-                   wd_mode: str = 'width_invariant', eps_mode: str = 'all'
-                   ) -> optax.GradientTransformation:
-  """The trainer's optimizer (`hyperinit.train.optim.make_optimizer`) with muP factors.
-
-  Same chain, with muP's per-leaf pieces in their places:
-
-      clip_by_global_norm -> [adam/sgd: L2 decay] -> scale_by_adam(eps x eps_mult) | trace
-        -> adamw: [scale_by_mup, add_decayed_weights] (width_invariant)
-                  or [add_decayed_weights, scale_by_mup] (decoupled)
-        -> scale_by_learning_rate(schedule)
-
-  `mults=None` (or base width) gives exactly the trainer's SP optimizer.  The
-  coupled L2 term of adam / sgd passes through the optimizer and so gets the
-  leaf's muP factor (wd_mode only concerns decoupled AdamW decay).
-  """
-  from hyperinit.train import optim  # pylint: disable=g-import-not-at-top
-  if opt.name == 'adamw' and float(opt.weight_decay) and wd_mode not in mup_optim.WD_MODES:
-    raise ValueError(f'wd_mode={wd_mode!r}; expected one of {mup_optim.WD_MODES}')
-  eps_scales = None if mults is None else mup_optim.eps_multipliers(mults, eps_mode)
-  adam = mup_optim.scale_by_adam(float(opt.b1), float(opt.b2), float(opt.eps),
-                                 eps_scales=eps_scales)
-  scale = mup_optim.scale_by_mup(mults, 'adam' if opt.name in ('adam', 'adamw') else 'sgd')
-  return optim.build_chain(opt, specs, schedule, leaf_scale=scale, adam=adam,
-                           leaf_scale_before_decay=wd_mode == 'width_invariant')
-
-
 # --- function-preserving change of forward multipliers ----------------------------------
 
 def _attn_scale(cfg) -> float:
@@ -316,18 +278,7 @@ def fold_factors(mults: Multipliers, old_cfg, new_cfg, specs: Any = None) -> dic
   return out
 
 
-def apply_factors(params: Any, factors: Mapping[str, float]) -> Any:
-  """Each leaf times its static factor (1.0: unchanged); jittable."""
-  def one(path, x):
-    key = spec_lib.path_str(path)
-    if key not in factors:
-      raise KeyError(f'no fold factor for leaf {key!r}: built for another parameter tree')
-    f = factors[key]
-    return x if f == 1.0 else x * jnp.asarray(f, x.dtype)
-  return jax.tree_util.tree_map_with_path(one, params)
-
-
 def fold_multipliers(params: Any, old_cfg, new_cfg, mults: Multipliers) -> Any:
   """Params of `old_cfg` rewritten so that `new_cfg` (same widths, other multipliers) computes
   the same logits; see `fold_factors`."""
-  return apply_factors(params, fold_factors(mults, old_cfg, new_cfg))
+  return mup_optim.scale_leaves(params, fold_factors(mults, old_cfg, new_cfg), 'fold factor')

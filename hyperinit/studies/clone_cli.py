@@ -109,8 +109,8 @@ def restore_train_state(src: Source):
     raise ValueError(f'--with_opt_state: checkpoint {root / str(src.step)} records no run '
                      'config, so its optimizer cannot be rebuilt')
   config = ml_collections.ConfigDict(meta['config'])
-  tx, _ = optim.make_optimizer(config.optimizer, int(config.num_train_steps),
-                               models.param_specs(src.cfg))
+  tx, _ = optim.from_config(config.optimizer, int(config.num_train_steps),
+                            models.param_specs(src.cfg))
   mesh = sharding.make_mesh({}, jax.local_devices()[:1])
   shapes = models.param_shapes(src.cfg)
   param_sh = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)

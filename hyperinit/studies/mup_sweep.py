@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperinit import models
-from hyperinit.mup import train as mup_train
+from hyperinit import data, models
 from hyperinit.studies.mup_sweep_report import LABELS, PARAMETRIZATIONS, write_json
+from hyperinit.train import mup as mup_train, optim
 
 
 @dataclasses.dataclass
@@ -106,16 +106,15 @@ def width_program(config: Any, param: str, width: int) -> WidthProgram:
   target, base = model_configs(config, width)
   opt = copy.deepcopy(config.optimizer)
   opt.learning_rate = 1.0                               # unit peak: the sweep's LR scales it
-  schedule = _schedule(opt, int(config.steps))
   specs = models.param_specs(target)
   if param == 'mup':
     run = mup_train.build(target, base, mup_options(config))
     model_cfg, mults, transform = run.model_cfg, run.mults, run.init_transform
-    tx = mup_train.make_optimizer(opt, specs, schedule, mults, wd_mode=run.options['wd_mode'],
-                                  eps_mode=run.options['eps_mode'])
+    tx, _ = optim.from_config(opt, int(config.steps), specs, mults, wd_mode=run.options['wd_mode'],
+                    eps_mode=run.options['eps_mode'])
   else:
     model_cfg, transform = target, (lambda p: p)
-    tx = mup_train.make_optimizer(opt, specs, schedule, None)
+    tx, _ = optim.from_config(opt, int(config.steps), specs)
   module = models.build(model_cfg)
 
   def losses(params, inputs, targets):
@@ -151,16 +150,10 @@ def width_program(config: Any, param: str, width: int) -> WidthProgram:
   return WidthProgram(model_cfg, init, train_exe, eval_exe)
 
 
-def _schedule(opt, steps):
-  from hyperinit.train import optim  # pylint: disable=g-import-not-at-top
-  return optim.make_schedule(opt, steps)
-
-
 # --- data ----------------------------------------------------------------------------------
 
 def train_batches(config: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(inputs, targets) int32 [steps, B, T] of the training split, in `seed`'s order."""
-  from hyperinit import data  # pylint: disable=g-import-not-at-top
   d = config.data
   it = iter(data.lm_loader(d.dataset, 'train', seq_len=int(d.seq_len),
                            batch_size=int(d.batch_size), seed=int(seed),
@@ -172,7 +165,6 @@ def train_batches(config: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def eval_batches(config: Any) -> list[tuple[np.ndarray, np.ndarray]]:
   """The first `config.eval_batches` batches (<= 0: all) of the validation split, fixed."""
-  from hyperinit import data  # pylint: disable=g-import-not-at-top
   d = config.data
   loader = data.lm_loader(d.dataset, 'validation', seq_len=int(d.seq_len),
                           batch_size=int(d.eval_batch_size), seed=0, num_epochs=1,

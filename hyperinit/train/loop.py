@@ -59,8 +59,9 @@ def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
   total = int(config.num_train_steps)
   schedule = optim.make_schedule(config.optimizer, total)
   if optimizer is None:
-    tx, schedule = optim.make_optimizer(config.optimizer, total, specs,
-                                        lr_multipliers=lr_multipliers)
+    # A per-leaf learning rate scales the whole update, decay included ('decoupled').
+    tx, schedule = optim.from_config(config.optimizer, total, specs, lr_factors=lr_multipliers,
+                                     wd_mode='decoupled')
   elif isinstance(optimizer, optax.GradientTransformation):
     tx = optimizer
   else:
@@ -148,7 +149,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
       function-preserving fold of the forward multipliers), optimizer and
       checkpoint metadata follow muP (`hyperinit.mup.train`).
     workdir: run directory: checkpoints/, metrics.jsonl, tb/ (TensorBoard).
-    optimizer: replaces `make_optimizer`: a GradientTransformation or
+    optimizer: replaces `optim.from_config`: a GradientTransformation or
       `fn(config, specs, schedule) -> GradientTransformation` (e.g. muP).
     lr_multipliers: per-leaf update multipliers for the default optimizer.
     params_transform: `fn(params, specs) -> params`, applied (sharded, under
@@ -269,10 +270,14 @@ def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multi
     own = run.fold_transform(source)
   else:
     own = run.init_transform
+  def mup_optimizer(config, specs, schedule):   # the trainer's chain with muP's factors
+    del schedule                                  # from_config rebuilds the same one
+    return optim.from_config(config.optimizer, int(config.num_train_steps), specs, run.mults,
+                             wd_mode=run.options['wd_mode'], eps_mode=run.options['eps_mode'])[0]
   if params_transform is not None:
     user = params_transform
-    return run.optimizer, lambda p, specs: user(own(p, specs), specs), run
-  return run.optimizer, own, run
+    return mup_optimizer, lambda p, specs: user(own(p, specs), specs), run
+  return mup_optimizer, own, run
 
 
 def _evaluate_all(s, config, params, eval_loader, eval_metrics_fn) -> dict[str, float]:

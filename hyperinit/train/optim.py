@@ -1,28 +1,27 @@
-"""Optimizers and learning-rate schedules built from a config.
+"""The trainer's optimizer from its config: `config.optimizer` -> (tx, schedule).
 
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps, specs)
+    tx, schedule = optim.from_config(config.optimizer, total_steps, specs)          # SP
+    tx, schedule = optim.from_config(config.optimizer, total_steps, specs, mults,   # muP
+                                     wd_mode=..., eps_mode=...)
 
-The optax chain is, in order:
+Only config parsing lives here; the chain is `hyperinit.mup.make_optimizer`:
 
-    clip_by_global_norm -> scale_by_adam | trace (momentum) -> add_decayed_weights
-      -> [per-leaf lr multipliers] -> scale_by_learning_rate(schedule)
+    clip_by_global_norm -> [adam/sgd: coupled L2] -> scale_by_adam | trace (momentum)
+      -> [adamw: decoupled decay, per-leaf factors in wd_mode's order] -> scale_by_learning_rate
 
 so AdamW here is exactly `optax.adamw` (decoupled decay, multiplied by the
-learning rate).  The per-leaf multipliers are the seam for muP: a tree of
-floats (same structure as the params) that scales each leaf's update, e.g.
-1/m for hidden matrices under Adam.  A whole optimizer can also be swapped:
+learning rate).  A whole optimizer can also be swapped:
 `train_and_evaluate(..., optimizer=fn)` with `fn(config, specs, schedule)`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from hyperinit import spec as spec_lib
+from hyperinit import mup
+from hyperinit.mup.optim import decay_mask  # re-exported: the trainer's weight-decay leaves
 
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'linear', 'constant')
@@ -52,105 +51,47 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
       [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
 
 
-def decay_mask(specs: Any = None, params: Any = None) -> Any:
-  """True for leaves that get weight decay: matrices and embeddings.
-
-  From the annotation when given (a leaf with fan-in axes that is not a norm
-  parameter), else by rank (>= 2) of `params`.  Biases, norm gains and the
-  ViT class token are never decayed.
-  """
-  if specs is not None:
-    return jax.tree.map(lambda s: bool(s.fan_in) and s.role not in ('norm', 'final_norm'),
-                        specs, is_leaf=spec_lib.is_spec)
-  if params is None:
-    raise ValueError('decay_mask needs specs or params')
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-class ScaleByTreeState(NamedTuple):
-  pass
-
-
-def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
-  """Multiplies each leaf's update by a constant from `multipliers` (same tree)."""
-  def init(params):
-    del params
-    return ScaleByTreeState()
-
-  def update(updates, state, params=None):
-    del params
-    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
-
-  return optax.GradientTransformation(init, update)
-
-
-def _check_name(opt: Any) -> None:
-  if opt.name not in OPTIMIZERS:
-    raise ValueError(f'optimizer.name={opt.name!r}; expected one of {OPTIMIZERS}')
-
-
-def make_optimizer(opt: Any, total_steps: int, specs: Any = None, *,
-                   lr_multipliers: Any = None,
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """An optax transformation and its learning-rate schedule.
+def from_config(opt: Any, total_steps: int, specs: Any = None,
+                mults: mup.Multipliers | None = None, *, lr_factors: Any = None,
+                wd_mode: str = 'decoupled', eps_mode: str = 'all'
+                ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """An optax transformation and its learning-rate schedule, via `mup.make_optimizer`.
 
   Args:
     opt: the `config.optimizer` ConfigDict (name, learning_rate, schedule,
       warmup_steps, min_lr_ratio, b1, b2, eps, momentum, nesterov,
-      weight_decay, grad_clip_norm).
+      weight_decay, grad_clip_norm).  weight_decay is decoupled for adamw and
+      coupled L2 for adam and sgd; 0 turns decay (and grad_clip_norm 0 clipping) off.
     total_steps: training length (the default end of the decay).
     specs: ParamSpec tree of the params (selects the weight-decay leaves).
-    lr_multipliers: optional tree of per-leaf update multipliers (muP).
+    mults: muP multipliers, or None (standard parametrisation).
+    lr_factors: extra per-leaf update factors ({path: float} or a params-shaped
+      tree of floats).
+    wd_mode: where the per-leaf factors sit relative to AdamW's decay
+      ('decoupled': they scale it too, as a per-leaf learning rate does;
+      muP runs pass `config.mup.wd_mode`).
+    eps_mode: muP's Adam epsilon scaling (`config.mup.eps_mode`).
 
   Returns:
     (tx, schedule): `tx.update(grads, state, params)` as usual; `schedule(step)`
     is the peak-scaled learning rate, for logging.
   """
-  _check_name(opt)
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'optimizer.name={opt.name!r}; expected one of {OPTIMIZERS}')
   schedule = make_schedule(opt, total_steps)
-  leaf_scale = None if lr_multipliers is None else scale_by_tree(lr_multipliers)
-  return build_chain(opt, specs, schedule, leaf_scale=leaf_scale), schedule
-
-
-def build_chain(opt: Any, specs: Any, schedule: optax.Schedule, *,
-                leaf_scale: optax.GradientTransformation | None = None,
-                adam: optax.GradientTransformation | None = None,
-                leaf_scale_before_decay: bool = False) -> optax.GradientTransformation:
-  """The trainer's optimizer chain (one definition, shared with muP):
-
-      clip_by_global_norm -> [adam/sgd: coupled L2] -> scale_by_adam | trace
-        -> [adamw: decoupled decay] -> [leaf_scale] -> scale_by_learning_rate
-
-  Args:
-    opt: `config.optimizer` (see `make_optimizer`).
-    specs: ParamSpec tree (selects the weight-decay leaves).
-    schedule: the learning-rate schedule.
-    leaf_scale: optional per-leaf update scaling (muP factors, `scale_by_tree`).
-    adam: replaces `optax.scale_by_adam(b1, b2, eps)` (e.g. muP's per-leaf eps).
-    leaf_scale_before_decay: put `leaf_scale` before AdamW's decoupled decay, so
-      the decay is not scaled (muP's width-invariant decay).
-  """
-  _check_name(opt)
-  wd = float(opt.weight_decay)
-  mask = (lambda p: decay_mask(specs, p)) if wd else None
-  parts: list[optax.GradientTransformation] = []
-  if opt.grad_clip_norm:
-    parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
-  if opt.name in ('adam', 'sgd') and wd:
-    parts.append(optax.add_decayed_weights(wd, mask))   # coupled L2
-  if opt.name in ('adamw', 'adam'):
-    parts.append(adam or optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2),
-                                             eps=float(opt.eps)))
-  elif opt.momentum:
-    parts.append(optax.trace(decay=float(opt.momentum), nesterov=bool(opt.nesterov)))
-  scale = [] if leaf_scale is None else [leaf_scale]
-  if opt.name == 'adamw' and wd:
-    decay = [optax.add_decayed_weights(wd, mask)]   # decoupled (AdamW)
-    parts += scale + decay if leaf_scale_before_decay else decay + scale
+  wd = float(opt.weight_decay) or None
+  kw: dict[str, Any] = dict(
+      grad_clip=float(opt.grad_clip_norm) or None, lr_factors=lr_factors, wd_mode=wd_mode,
+      mask=(lambda p: decay_mask(specs, p)) if wd else None)
+  if opt.name == 'adamw':
+    kw.update(weight_decay=wd)
   else:
-    parts += scale
-  parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts)
+    kw.update(l2=wd)
+  if opt.name in ('adamw', 'adam'):
+    kw.update(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), eps_mode=eps_mode)
+  else:
+    kw.update(momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
+  return mup.make_optimizer(opt.name, schedule, mults, **kw), schedule
 
 
 OptimizerFactory = Callable[[Any, Any, optax.Schedule], optax.GradientTransformation]
