@@ -76,7 +76,7 @@ def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: floa
 
 
 def mup() -> ml_collections.ConfigDict:
-  """config.mup: train under muP against a base model (hyperinit.mup.train, docs/mup.md)."""
+  """config.mup: train under muP against a base model (hyperinit.train.mup, docs/mup.md)."""
   u = ml_collections.ConfigDict()
   u.enabled = False               # muP forward multipliers, init, per-leaf LR and eps
   b = u.base = ml_collections.ConfigDict()  # the base (proxy) the hyper-parameters are tuned on

@@ -13,7 +13,7 @@ GHN is written to WORKDIR/ghn; use it with
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.logah import train
+from hyperinit.train import ghn as train
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/ghn.py:vit_local',
                                           'GHN run config (configs/ghn.py:<variant>)',

@@ -13,6 +13,7 @@ from absl import flags
 
 from configs import clone as clone_configs
 from experiments import demo as demo_main
+from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
 from hyperinit.studies import clone_experiment as experiment, clone_report as report
 from hyperinit.train import metrics
@@ -37,7 +38,7 @@ def test_configs():
   assert demo.seeds == (0,) and demo.variants == ('noisy_symmetric',)
   assert demo.clone.factor == 2 and demo.target.model.name == demo.source.model.name
   exp = clone_configs.get_config('experiment')
-  assert len(exp.seeds) == 3 and set(exp.variants) == set(widen.VARIANTS)
+  assert len(exp.seeds) == 3 and set(exp.variants) == set(plan_lib.VARIANTS)
   assert exp.target.num_train_steps == demo.target.num_train_steps
   with pytest.raises(ValueError, match="unknown clone config 'nope'"):
     clone_configs.get_config('nope')

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from hyperinit import cloning, models, mup, spec
+from hyperinit import cloning, models, mup, sharding, spec
 from hyperinit.spec import ParamSpec
 
 
@@ -258,12 +258,12 @@ def test_clone_of_sharded_params_is_sharded_by_destination_rules():
                            axis_types=(jax.sharding.AxisType.Auto,) * 2)
   cfg = models.get_config('llama-gqa-tiny', scan_layers=True, tie_embeddings=True)
   params = _params(cfg)
-  src_sh = cloning.logical_shardings(models.param_specs(cfg), mesh, RULES)
+  src_sh = sharding.tree_shardings(params, models.param_specs(cfg), mesh, RULES)
   sharded = jax.device_put(params, src_sh)
   plan, dst = cloning.plan_model(cfg, cloning.factors_for(2), 'noisy_symmetric')
   fn = cloning.clone_fn(plan, mesh=mesh, rules=RULES)
   big = fn(sharded, jax.random.key(3))
-  want_sh = cloning.logical_shardings(plan.dst_specs, mesh, RULES)
+  want_sh = cloning.dst_shardings(plan, mesh, RULES)
   for path, x in spec.flatten(big).items():
     w = spec.flatten(want_sh)[path]
     assert x.sharding.is_equivalent_to(w, x.ndim), (path, x.sharding, w)

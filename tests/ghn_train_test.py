@@ -18,7 +18,8 @@ import pytest
 
 from configs import ghn as ghn_configs
 from hyperinit import models, spec
-from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks, train
+from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks
+from hyperinit.train import ghn as train
 from hyperinit.studies import ghn_experiment as experiment
 
 

@@ -14,7 +14,7 @@ import pytest
 from configs import lm as lm_configs
 from hyperinit import checkpoint, models, mup
 from hyperinit import spec as spec_lib
-from hyperinit.mup import train as mup_train
+from hyperinit.train import mup as mup_train
 from hyperinit.train import loop, metrics, optim
 
 
@@ -324,7 +324,7 @@ def test_sweep_runs_records_divergence_and_resumes(tmp_path):
 
 
 def test_sweep_resume_reuses_points_only_for_the_same_training_setup(tmp_path):
-  from hyperinit.mup import sweep  # pylint: disable=g-import-not-at-top
+  from hyperinit.studies import mup_sweep as sweep  # pylint: disable=g-import-not-at-top
   c = _tiny_sweep_config()
   conf = json.loads(c.to_json_best_effort())
   point = {'param': 'sp', 'width': 16, 'seed': 0, 'log2_lr': -7.0, 'status': 'ok',

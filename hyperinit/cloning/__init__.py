@@ -23,14 +23,14 @@ from hyperinit.cloning.noise import NOISE_DISTS, hash_noise
 from hyperinit.cloning.optim import (grad_scale, update_multipliers, widen_like_gradient,
                                      widen_opt_state)
 from hyperinit.cloning.symmetry import symmetry, symmetry_fn, symmetry_summary
-from hyperinit.cloning.widen import (TIE_MODES, VARIANTS, ClonePlan, LeafPlan, apply_plan, clone,
-                                     clone_fn, logical_shardings, make_plan)
+from hyperinit.cloning.plan import TIE_MODES, VARIANTS, ClonePlan, LeafPlan, make_plan
+from hyperinit.cloning.widen import apply_plan, clone, clone_fn, dst_shardings
 
 __all__ = ['KV_RULES', 'NOISE_DISTS', 'NON_WIDENABLE', 'TIE_MODES', 'VARIANTS', 'ClonePlan',
            'LeafPlan', 'apply_plan', 'clone', 'clone_config', 'clone_fn', 'clone_model',
-           'describe', 'factors_between', 'factors_for', 'grad_scale', 'grow_depth',
+           'describe', 'dst_shardings', 'factors_between', 'factors_for', 'grad_scale', 'grow_depth',
            'grow_depth_config', 'grow_depth_model', 'grow_depth_opt_state', 'hash_noise',
-           'logical_shardings', 'make_plan', 'nonstandard_reasons', 'plan_model',
+           'make_plan', 'nonstandard_reasons', 'plan_model',
            'resolve_factors', 'source_sizes', 'symmetry', 'symmetry_fn',
            'symmetry_summary', 'update_multipliers', 'widen_like_gradient',
            'widen_opt_state', 'writes_residual']

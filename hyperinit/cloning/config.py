@@ -3,7 +3,7 @@
     dst_cfg = clone_config(cfg, factors_for(2))
     big, dst_cfg = clone_model(params, cfg, factors_for(2), rng=jax.random.key(0))
 
-The parameter work is `widen.make_plan` / `widen.apply_plan`, driven by the
+The parameter work is `plan_lib.make_plan` / `widen.apply_plan`, driven by the
 annotations only; this module adds what a model config knows: the logit scale
 (for the query correction), where an untied readout lives, and the destination
 fields (sizes, kv heads, `rope_tile`, `tie_embeddings`).  It also checks that
@@ -20,6 +20,7 @@ import jax
 from hyperinit import models
 from hyperinit import spec as spec_lib
 from hyperinit.cloning import factors as factors_lib
+from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
 from hyperinit.models.config import ModelConfig, TransformerConfig
 
@@ -49,8 +50,8 @@ def clone_config(cfg: ModelConfig, factors: Mapping[str, Any], *, kv_rule: str =
     ValueError naming the axis or option (see `factors.resolve_factors`), and for
     a tied model with a non-parametric final norm unless tie='untie'.
   """
-  if tie not in widen.TIE_MODES:
-    raise ValueError(f'tie={tie!r}: expected one of {widen.TIE_MODES}')
+  if tie not in plan_lib.TIE_MODES:
+    raise ValueError(f'tie={tie!r}: expected one of {plan_lib.TIE_MODES}')
   f = factors_lib.resolve_factors(factors, source_sizes(cfg), kv_rule)
   fe, fm, fh = f.get('embed', 1), f.get('mlp', 1), f.get('heads', 1)
   fkv, fhd = f.get('kv_heads', 1), f.get('head_dim', 1)
@@ -93,7 +94,7 @@ def nonstandard_reasons(cfg: ModelConfig) -> list[str]:
 
 def plan_model(cfg: ModelConfig, factors: Mapping[str, Any], variant: str = 'noisy_symmetric',
                snr_db: float = 10.0, *, kv_rule: str = 'auto', tie: str = 'keep',
-               noise_dist: str = 'irwin_hall') -> tuple[widen.ClonePlan, ModelConfig]:
+               noise_dist: str = 'irwin_hall') -> tuple[plan_lib.ClonePlan, ModelConfig]:
   """(plan, dst_cfg) for cloning a model of config `cfg`.
 
   The plan is checked against `models.param_specs(dst_cfg)` /
@@ -104,7 +105,7 @@ def plan_model(cfg: ModelConfig, factors: Mapping[str, Any], variant: str = 'noi
   dst_specs = spec_lib.flatten(models.param_specs(dst_cfg), is_leaf=spec_lib.is_spec)
   src_paths = set(spec_lib.flatten(specs, is_leaf=spec_lib.is_spec))
   new_readouts = [p for p, s in dst_specs.items() if p not in src_paths and s.role == 'readout']
-  plan = widen.make_plan(specs, shapes, factors, variant, snr_db, attn_scale=cfg.attn_scale,
+  plan = plan_lib.make_plan(specs, shapes, factors, variant, snr_db, attn_scale=cfg.attn_scale,
                          kv_rule=kv_rule, tie=tie,
                          readout_path=new_readouts[0] if new_readouts else None,
                          noise_dist=noise_dist)
@@ -112,7 +113,7 @@ def plan_model(cfg: ModelConfig, factors: Mapping[str, Any], variant: str = 'noi
   return plan, dst_cfg
 
 
-def _check_against_model(plan: widen.ClonePlan, dst_cfg: ModelConfig,
+def _check_against_model(plan: plan_lib.ClonePlan, dst_cfg: ModelConfig,
                          dst_specs: Mapping[str, spec_lib.ParamSpec]) -> None:
   dst_shapes = spec_lib.flatten(models.param_shapes(dst_cfg))
   got = {lp.path: lp for lp in plan.leaves}
@@ -140,7 +141,7 @@ def clone_model(params: Any, cfg: ModelConfig, factors: Mapping[str, Any],
     cfg: source config.
     factors: {axis: n}; `factors_for(n)` widens embed, mlp and heads.
     variant, rng, snr_db: see `widen.clone`.
-    kv_rule, tie, noise_dist: see `widen.make_plan`.
+    kv_rule, tie, noise_dist: see `plan_lib.make_plan`.
     out_shardings / mesh + rules: destination layout (see `widen.clone_fn`).
     jit: compile the clone (default); False runs it op by op.
   """
@@ -153,7 +154,7 @@ def clone_model(params: Any, cfg: ModelConfig, factors: Mapping[str, Any],
   return out, dst_cfg
 
 
-def describe(plan: widen.ClonePlan, src_cfg: ModelConfig | None = None,
+def describe(plan: plan_lib.ClonePlan, src_cfg: ModelConfig | None = None,
              dst_cfg: ModelConfig | None = None) -> str:
   """A few human-readable lines on what a clone did."""
   lines = [f'variant {plan.variant}' + (f' ({plan.noise_dist} noise, snr {plan.snr_db:g} dB)'

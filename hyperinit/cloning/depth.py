@@ -31,7 +31,6 @@ import numpy as np
 
 from hyperinit import models
 from hyperinit import spec as spec_lib
-from hyperinit.cloning import widen
 from hyperinit.models.config import ModelConfig
 
 LAYOUTS = ('interleave', 'stack')

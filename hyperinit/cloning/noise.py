@@ -120,7 +120,7 @@ def zero_sum_noise(w: jax.Array, lp: Any, m: int, snr_db: float, noise_dist: str
 
   Args:
     w: the source leaf (after any transpose), compute dtype.
-    lp: its `widen.LeafPlan`; m: nonzero blocks per row (see `_block_weights`).
+    lp: its `plan.LeafPlan`; m: nonzero blocks per row (see `_block_weights`).
     seeds: uint32 [n_j - 1, 2] from `leaf_seeds`.
     bshape: the expanded block layout (f_i, s_i per widened axis).
   Returns:

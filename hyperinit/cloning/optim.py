@@ -33,6 +33,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from hyperinit import spec as spec_lib
+from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
 
 # Fields of optax states that hold per-parameter moments, and the power of the
@@ -40,13 +41,13 @@ from hyperinit.cloning import widen
 MOMENT_POWERS = {'mu': 1, 'nu': 2, 'nu_max': 2, 'trace': 1}
 
 
-def grad_scale(lp: widen.LeafPlan) -> float:
+def grad_scale(lp: plan_lib.LeafPlan) -> float:
   """s = 1 / (scale * N_out): destination gradient block = s * source gradient."""
   n_out = lp.n_blocks // lp.n_in
   return 1.0 / (lp.scale * n_out)
 
 
-def widen_like_gradient(tree: Any, plan: widen.ClonePlan, power: int = 1) -> dict[str, Any]:
+def widen_like_gradient(tree: Any, plan: plan_lib.ClonePlan, power: int = 1) -> dict[str, Any]:
   """Widens a params-shaped tree of gradient-like values (tile * s**power).
 
   Leaves the destination has but the source lacks (an untied readout) are zero.
@@ -63,7 +64,7 @@ def widen_like_gradient(tree: Any, plan: widen.ClonePlan, power: int = 1) -> dic
   return spec_lib.unflatten(out)
 
 
-def _param_paths(plan: widen.ClonePlan) -> set[str]:
+def _param_paths(plan: plan_lib.ClonePlan) -> set[str]:
   return {lp.src for lp in plan.leaves if lp.perm is None}
 
 
@@ -76,7 +77,7 @@ def _is_param_tree(node: Any, paths: set[str]) -> bool:
     return False
 
 
-def widen_opt_state(opt_state: Any, plan: widen.ClonePlan) -> Any:
+def widen_opt_state(opt_state: Any, plan: plan_lib.ClonePlan) -> Any:
   """The optimizer state of the clone, from the source run's state.
 
   Walks an optax state (chains, inject_hyperparams, masked ...) and widens every
@@ -110,7 +111,7 @@ def widen_opt_state(opt_state: Any, plan: widen.ClonePlan) -> Any:
   return walk(opt_state, 'opt_state')
 
 
-def update_multipliers(plan: widen.ClonePlan) -> dict[str, float]:
+def update_multipliers(plan: plan_lib.ClonePlan) -> dict[str, float]:
   """Per-leaf factors scale / N_in for the Adam direction (see module doc), {path: float}.
 
   Leaves created by the clone (an untied readout) get 1.  Pass them to the one

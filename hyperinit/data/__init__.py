@@ -18,8 +18,8 @@ in the array_record format.  No TensorFlow is needed anywhere.  See docs/data.md
 from hyperinit.data.embedded import ensure_prepared, prepare_embedded
 from hyperinit.data.images import NORM_STATS, image_loader
 from hyperinit.data.info import DatasetInfo, dataset_info
-from hyperinit.data.sources import (EMBEDDED, DatasetNotFoundError, find_prepared, open_builder,
-                                    resolve_data_dir)
+from hyperinit.data.layout import EMBEDDED, DatasetNotFoundError, find_prepared, resolve_data_dir
+from hyperinit.data.sources import open_builder
 from hyperinit.data.text import corpus_stats, lm_loader, token_counts, unigram_entropy
 from hyperinit.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, get_tokenizer
 

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from hyperinit.data import sources
+from hyperinit.data import layout
 
 try:
   import fcntl  # POSIX only; elsewhere two processes must not prepare at the same time.
@@ -218,13 +218,13 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike | None = None) -> epa
   """
   if name not in BUILDERS:
     raise ValueError(f'{name!r} is not an embedded dataset; embedded: {sorted(BUILDERS)}')
-  data_dir = sources.resolve_data_dir(data_dir)
+  data_dir = layout.resolve_data_dir(data_dir)
   full = f'{name}:{BUILDERS[name].VERSION}'
-  path = sources.find_prepared(full, data_dir)
+  path = layout.find_prepared(full, data_dir)
   if path is not None:
     return path
   with _prepare_lock(data_dir):
-    path = sources.find_prepared(full, data_dir)  # another process may have finished meanwhile
+    path = layout.find_prepared(full, data_dir)  # another process may have finished meanwhile
     if path is None:
       builder = BUILDERS[name](data_dir=os.fspath(data_dir), file_format='array_record')
       with tempfile.TemporaryDirectory(prefix='hyperinit_dl_') as download_dir:
@@ -233,9 +233,9 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike | None = None) -> epa
         except FileExistsError:
           # Where no lock works (a remote dir), the loser of a race fails its final rename;
           # the winner's dataset is identical, so use it.
-          if sources.find_prepared(full, data_dir) is None:
+          if layout.find_prepared(full, data_dir) is None:
             raise
-      path = sources.find_prepared(full, data_dir)
+      path = layout.find_prepared(full, data_dir)
       if path is None:
         raise RuntimeError(f'preparing {name!r} in {os.fspath(data_dir)!r} left no '
                            'dataset_info.json')

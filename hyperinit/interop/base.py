@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from hyperinit.interop.convert import Entry, Plain
+from hyperinit.models import presets
 from hyperinit.models.config import ModelConfig, TransformerConfig
 
 PLAIN, LINEAR = Plain(), Plain(transpose=True)
@@ -103,8 +104,7 @@ def kv_and_head_dim(d: Mapping[str, Any], embed: int, heads: int, kv_key: str | 
 
 
 def transformer(family: str, **fields) -> TransformerConfig:
-  from hyperinit.models.presets import FAMILIES  # family defaults live with the presets
-  return TransformerConfig(**{**FAMILIES[family], **fields})
+  return TransformerConfig(**{**presets.FAMILIES[family], **fields})
 
 
 def rope_params(cfg, partial: bool = False) -> dict[str, Any]:

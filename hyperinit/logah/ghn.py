@@ -109,8 +109,7 @@ class GHN(nn.Module):
 
 
 def _dummy_batch() -> jraph.GraphsTuple:
-  from hyperinit.models import get_config  # pylint: disable=g-import-not-at-top
-  return batching.batch_graphs([build_graph(get_config('gpt2-tiny'))])
+  return batching.batch_graphs([build_graph(models.get_config('gpt2-tiny'))])
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hyperinit import data
 from hyperinit.logah import meta, samplers
 from hyperinit.logah.ghn import GHNConfig
 from hyperinit.models.config import ModelConfig
@@ -43,14 +44,9 @@ def meta_config(config: Any) -> meta.MetaConfig:
   return meta.MetaConfig(total_steps=int(config.num_steps), **config.meta.to_dict())
 
 
-def _data():
-  from hyperinit import data  # pylint: disable=g-import-not-at-top  (tfds is slow to import)
-  return data
-
-
 @functools.lru_cache(maxsize=16)
 def _info(dataset: str, data_dir: str | None):
-  return _data().dataset_info(dataset, data_dir=data_dir)
+  return data.dataset_info(dataset, data_dir=data_dir)
 
 
 def dataset_info(config: Any):
@@ -138,8 +134,8 @@ def data_loader(config: Any, split: str, *, train: bool, seed: int, batch_size: 
   common = dict(split=split, batch_size=int(batch_size), seed=int(seed),
                 data_dir=d.get('data_dir'), num_epochs=num_epochs)
   if info.kind == 'image':
-    return _data().image_loader(d.dataset, train=train, **common)
-  return _data().lm_loader(d.dataset, seq_len=int(d.seq_len), shuffle=train, **common)
+    return data.image_loader(d.dataset, train=train, **common)
+  return data.lm_loader(d.dataset, seq_len=int(d.seq_len), shuffle=train, **common)
 
 
 def eval_split(config: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import jax
 
+from hyperinit import models
 from hyperinit.mup.shapes import Multipliers, config_multipliers
 from hyperinit.mup.transforms import scale_leaves
 
@@ -101,7 +102,6 @@ def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero
   'fan_in' = var 1/fan_in); the model's GPT-2 residual-output scale
   1/sqrt(2L) only depends on depth and is kept.
   """
-  from hyperinit import models
   params = models.init_params(cfg, rng)
   return rescale_init(params, mults, init_scheme=cfg.init, readout=readout,
                       zero_query=zero_query)

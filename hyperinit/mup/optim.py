@@ -49,9 +49,7 @@ import optax
 
 from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers
-# The per-leaf pieces live in transforms.py; re-exported here as the optimizer API.
-from hyperinit.mup.transforms import (leaf_factors, lookup, scale_by_adam, scale_leaves,
-                                      scale_per_leaf)
+from hyperinit.mup.transforms import leaf_factors, lookup, scale_by_adam, scale_per_leaf
 
 RULES = ('adam', 'sgd', 'adafactor_relative')
 WD_MODES = ('width_invariant', 'decoupled')

@@ -49,6 +49,7 @@ from typing import Any, Iterable, Mapping
 
 import jax
 
+from hyperinit import models
 from hyperinit import spec as spec_lib
 
 CLASSES = ('input', 'vector', 'hidden', 'output', 'bottleneck', 'finite')
@@ -291,7 +292,6 @@ def config_multipliers(cfg, base_cfg, *, delta_cfg=None, depth_alpha: float | No
   `cfg` has the base's width and no `delta_cfg` is given, `default_delta`
   decides which axes are width.
   """
-  from hyperinit import models  # local: shapes.py is usable without the model zoo
   for other, what in ((base_cfg, 'base'), (delta_cfg, 'delta')):
     if other is not None and type(cfg) is not type(other):
       raise TypeError(f'target and {what} configs differ in kind: {type(cfg).__name__} vs '

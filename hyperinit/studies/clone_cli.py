@@ -40,6 +40,7 @@ from hyperinit import checkpoint as ckpt_lib
 from hyperinit.cloning import config as config_lib
 from hyperinit.cloning import factors as factors_lib
 from hyperinit.cloning import optim as optim_lib
+from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
 from hyperinit.train import optim, step as step_lib
 
@@ -220,7 +221,7 @@ class CloneResult:
   dst: str
   fmt: str
   dst_cfg: models.ModelConfig
-  plan: widen.ClonePlan
+  plan: plan_lib.ClonePlan
   params: Any
   rel_error: float | None
   summary: str

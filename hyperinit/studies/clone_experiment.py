@@ -25,14 +25,13 @@ import sys
 import time
 from typing import Any, Callable
 
-import jax
 import numpy as np
 from absl import logging
 
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
 from hyperinit.cloning import factors as factors_lib
-from hyperinit.cloning import widen
+from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning.symmetry import symmetry_fn
 from hyperinit.studies import clone_cli as cli, clone_report as report
 from hyperinit.train import loop, metrics as metrics_lib, tasks
@@ -186,7 +185,7 @@ def clone_factors(c: Any) -> dict[str, Any]:
   return f
 
 
-def _symmetry(plan: widen.ClonePlan) -> Callable[[Any], Any]:
+def _symmetry(plan: plan_lib.ClonePlan) -> Callable[[Any], Any]:
   fn = symmetry_fn(plan.dst_specs, plan.factor_dict)
   return lambda params: {'symmetry/overall': fn(params)['symmetry/overall']}
 

@@ -28,7 +28,8 @@ import numpy as np
 from absl import logging
 
 from hyperinit import _io
-from hyperinit.logah import saving, tasks, train
+from hyperinit.logah import saving, tasks
+from hyperinit.train import ghn as train
 from hyperinit.studies import ghn_finetune, plots
 from hyperinit.train import metrics as metrics_lib
 

@@ -17,7 +17,7 @@ the sweep compiles once per width and parametrisation.  A run whose loss
 becomes non-finite, or whose mean loss over a chunk exceeds
 `config.diverge_loss`, stops and is recorded as diverged.  The models, init
 and optimizer are what the trainer builds for `config.mup`
-(`hyperinit.mup.train`), so the best muP learning rate of the sweep is the
+(`hyperinit.train.mup`), so the best muP learning rate of the sweep is the
 `config.optimizer.learning_rate` to train with.
 """
 

@@ -8,7 +8,7 @@ continues exactly where it stopped.
 `run_loop(state, step_fn, hooks, ...)` is the one training loop: a step
 function plus `hyperinit.train.hooks` (logging, eval, checkpoints + SIGTERM,
 non-finite guard, profiling).  `train_and_evaluate` and GHN meta-training
-(`hyperinit.logah.train`) are both built on it.
+(`hyperinit.train.ghn`) are both built on it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models, sharding
 from hyperinit import spec as spec_lib
 from hyperinit.train import distributed, hooks as hooks_lib, init_from, metrics as metrics_lib
-from hyperinit.train import optim, step as step_lib, tasks
+from hyperinit.train import mup as mup_train, optim, step as step_lib, tasks
 
 
 @dataclasses.dataclass
@@ -147,7 +147,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
     config: ConfigDict as in `configs/lm.py` / `configs/vit.py`.  With
       `config.mup.enabled`, the model, init (or, for init_from params, a
       function-preserving fold of the forward multipliers), optimizer and
-      checkpoint metadata follow muP (`hyperinit.mup.train`).
+      checkpoint metadata follow muP (`hyperinit.train.mup`).
     workdir: run directory: checkpoints/, metrics.jsonl, tb/ (TensorBoard).
     optimizer: replaces `optim.from_config`: a GradientTransformation or
       `fn(config, specs, schedule) -> GradientTransformation` (e.g. muP).
@@ -255,12 +255,11 @@ def _mup_enabled(config: Any) -> bool:
 
 def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multipliers,
                params_transform, fresh_init_from: bool):
-  """(optimizer, params_transform, MupRun) for `config.mup` (hyperinit.mup.train).
+  """(optimizer, params_transform, MupRun) for `config.mup` (hyperinit.train.mup).
 
   Fresh params get muP init; init_from params keep their values, with the change
   of forward multipliers folded into them (the loaded model's function is kept).
   """
-  from hyperinit.mup import train as mup_train  # pylint: disable=g-import-not-at-top
   if optimizer is not None or lr_multipliers is not None:
     raise ValueError('config.mup.enabled builds the muP optimizer; do not pass optimizer= or '
                      'lr_multipliers= as well')

@@ -23,19 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperinit import models
+from hyperinit import data, models
+from hyperinit import spec as spec_lib
 from hyperinit.train import synthetic
 
 TASKS = ('lm', 'classification')
 # Model fields that only change how the model runs, not its parameters: these
 # config.model overrides also apply to a model whose config comes from init_from.
 RUNTIME_FIELDS = ('dtype', 'remat', 'attention_impl', 'dropout_rate')
-
-
-def _data_module():
-  # Imported lazily: the trainer works on synthetic data without tfds.
-  from hyperinit import data  # pylint: disable=g-import-not-at-top
-  return data
 
 
 def model_overrides(model_config: Any) -> dict[str, Any]:
@@ -48,7 +43,7 @@ def dataset_info(config: Any) -> Any:
   d = config.data
   if d.dataset == 'synthetic':
     return None
-  return _data_module().dataset_info(d.dataset, data_dir=d.get('data_dir'),
+  return data.dataset_info(d.dataset, data_dir=d.get('data_dir'),
                                      tokenizer=d.get('tokenizer'))
 
 
@@ -199,7 +194,6 @@ def make_loader(config: Any, task: Task, split: str, train: bool, seed: int,
     shape = (cfg.image_size, cfg.image_size, cfg.num_channels)
     return synthetic.image_loader(shape, cfg.num_classes, batch, seed=seed, split=split,
                                   shuffle=train, **shard)
-  data = _data_module()
   if task.name == 'lm':
     return data.lm_loader(dataset=d.dataset, split=split, seq_len=int(d.seq_len), batch_size=batch,
                           seed=seed, data_dir=d.get('data_dir'), tokenizer=d.get('tokenizer'),
@@ -216,7 +210,6 @@ def count_matmul_params(cfg: models.ModelConfig) -> int:
   Lookup-only tables (positions, an untied input embedding) do not; a tied
   embedding does (it is the readout).  Read from the annotations' roles.
   """
-  from hyperinit import spec as spec_lib  # pylint: disable=g-import-not-at-top
   specs = spec_lib.flatten(models.param_specs(cfg), is_leaf=spec_lib.is_spec)
   shapes = spec_lib.flatten(models.param_shapes(cfg))
   return int(sum(np.prod(shapes[k].shape) for k, s in specs.items()

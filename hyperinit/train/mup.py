@@ -29,10 +29,13 @@ import math
 import os
 from typing import Any, Callable, Mapping
 
+from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
 from hyperinit import spec as spec_lib
+from hyperinit.checkpoint import CheckpointError
 from hyperinit.mup import init as mup_init
 from hyperinit.mup import optim as mup_optim
+from hyperinit.mup import transforms as mup_transforms
 from hyperinit.mup.shapes import Multipliers, config_multipliers
 
 # Config fields that set a model's widths (and depth): a base model differs from the run's in these.
@@ -63,17 +66,6 @@ def options(config: Any) -> dict[str, Any]:
 
 # --- the base model -------------------------------------------------------------------
 
-def recorded_config(path: str) -> models.ModelConfig:
-  """The model config recorded in a checkpoint of ours or a Hugging Face directory."""
-  if os.path.isfile(os.path.join(path, 'config.json')):
-    from hyperinit import interop  # pylint: disable=g-import-not-at-top
-    return interop.config_from_hf(interop.read_config(path))
-  from hyperinit import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  root, step = ckpt_lib.resolve(path)
-  return models.config_from_dict(ckpt_lib.Checkpointer(root, read_only=True).meta(step)
-                                 ['model_config'])
-
-
 def resolve_base(mup_config: Any, target: models.ModelConfig) -> models.ModelConfig:
   """The base model of `config.mup` for the run's (pre-muP) model `target`.
 
@@ -91,7 +83,7 @@ def resolve_base(mup_config: Any, target: models.ModelConfig) -> models.ModelCon
     if name in models.preset_names():
       named = models.get_config(name)
     elif os.path.exists(name):
-      named = recorded_config(name)
+      named = ckpt_lib.read_model_config(name)
       kw.update({f: getattr(named, f) for f in MULT_FIELDS})
     else:
       raise MupError(f'config.mup.base.name={name!r} is neither a model preset nor an existing '
@@ -142,7 +134,7 @@ class MupRun:
   def fold_transform(self, source_cfg: models.ModelConfig) -> Callable[[Any, Any], Any]:
     """`params_transform` for init_from params computed under `source_cfg`'s multipliers."""
     factors = fold_factors(self.mults, source_cfg, self.model_cfg)
-    return lambda params, specs=None: mup_optim.scale_leaves(params, factors, 'fold factor')
+    return lambda params, specs=None: mup_transforms.scale_leaves(params, factors, 'fold factor')
 
 
 def build(target: models.ModelConfig, base: models.ModelConfig,
@@ -176,7 +168,6 @@ def prepare(config: Any, target: models.ModelConfig, *,
     MupError: bad `config.mup`; CheckpointError: a checkpoint written with
     other muP settings, with muP but resumed without, or vice versa.
   """
-  from hyperinit.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   saved = None if saved_meta is None else saved_meta.get('mup')
   if not enabled(config):
     if saved is not None:
@@ -209,12 +200,10 @@ def prepare(config: Any, target: models.ModelConfig, *,
 
 def load_multipliers(path: str, step: int | None = None) -> Multipliers:
   """The muP multipliers saved with a checkpoint (workdir, checkpoint dir or step dir)."""
-  from hyperinit import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  root, path_step = ckpt_lib.resolve(path)
-  meta = ckpt_lib.Checkpointer(root, read_only=True).meta(step if step is not None else path_step)
+  meta = ckpt_lib.read_meta(path, step)
   if 'mup' not in meta:
-    raise ckpt_lib.CheckpointError(f'checkpoint {path} was not trained with muP (no "mup" in '
-                                   'its metadata)')
+    raise CheckpointError(f'checkpoint {path} was not trained with muP (no "mup" in '
+                          'its metadata)')
   return Multipliers.from_json(json.dumps(meta['mup']['multipliers']))
 
 
@@ -281,4 +270,4 @@ def fold_factors(mults: Multipliers, old_cfg, new_cfg, specs: Any = None) -> dic
 def fold_multipliers(params: Any, old_cfg, new_cfg, mults: Multipliers) -> Any:
   """Params of `old_cfg` rewritten so that `new_cfg` (same widths, other multipliers) computes
   the same logits; see `fold_factors`."""
-  return mup_optim.scale_leaves(params, fold_factors(mults, old_cfg, new_cfg), 'fold factor')
+  return mup_transforms.scale_leaves(params, fold_factors(mults, old_cfg, new_cfg), 'fold factor')
