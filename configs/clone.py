@@ -14,20 +14,37 @@ configs (configs/lm.py fields).
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from configs import common
 from configs import lm
 
-# variant -> (seeds, clone variants, dropout-run seeds, source steps, target steps, eval every,
-#             seq_len, batch)
-SETTINGS = {
-    'demo': ((0,), ('noisy_symmetric',), (), 1000, 600, 50, 128, 16),
-    'experiment': ((0, 1, 2), ('noisy_symmetric', 'symmetric', 'noisy_diagonal', 'diagonal'),
-                   (0,), 1000, 600, 50, 128, 16),
-    'experiment_local': ((0,), ('noisy_symmetric', 'symmetric', 'noisy_diagonal', 'diagonal'),
-                         (0,), 1000, 600, 50, 128, 16),
-    'smoke': ((0,), ('symmetric',), (0,), 12, 12, 6, 32, 8),
+ALL_VARIANTS = ('noisy_symmetric', 'symmetric', 'noisy_diagonal', 'diagonal')
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  seeds: tuple[int, ...]          # one source per seed
+  variants: tuple[str, ...]       # clone variants trained
+  dropout_seeds: tuple[int, ...]  # seeds that also train the dropout runs
+  source_steps: int
+  target_steps: int
+  eval_every: int
+  seq_len: int = 128
+  batch: int = 16
+
+
+PRESETS = {
+    'demo': Preset(seeds=(0,), variants=('noisy_symmetric',), dropout_seeds=(),
+                   source_steps=1000, target_steps=600, eval_every=50),
+    'experiment': Preset(seeds=(0, 1, 2), variants=ALL_VARIANTS, dropout_seeds=(0,),
+                         source_steps=1000, target_steps=600, eval_every=50),
+    'experiment_local': Preset(seeds=(0,), variants=ALL_VARIANTS, dropout_seeds=(0,),
+                               source_steps=1000, target_steps=600, eval_every=50),
+    'smoke': Preset(seeds=(0,), variants=('symmetric',), dropout_seeds=(0,), source_steps=12,
+                    target_steps=12, eval_every=6, seq_len=32, batch=8),
 }
 
 
@@ -52,18 +69,16 @@ def _trainer(steps: int, seq_len: int, batch: int, eval_every: int) -> ml_collec
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name = (arg or 'demo').strip()
-  if name not in SETTINGS:
-    raise ValueError(f'unknown clone config {name!r}; expected one of {sorted(SETTINGS)}')
-  seeds, variants, drop_seeds, s_steps, t_steps, every, seq_len, batch = SETTINGS[name]
+  name = common.parse_arg(arg, 'clone', PRESETS, 'demo').preset
+  p = PRESETS[name]
   cfg = ml_collections.ConfigDict()
   cfg.title = f'HyperCloning {name}: clone a trained GPT 2x, train clone vs random init'
   cfg.command = ''                # filled in by the entry point (recorded in the report)
-  cfg.seeds = seeds               # one source per seed; clones and random baseline per seed
+  cfg.seeds = p.seeds             # one source per seed; clones and random baseline per seed
   # runs of seed s go to WORKDIR/seed_s (so per-seed processes can share a workdir and a
   # final all-seeds run reuses them); False: directly in WORKDIR (the demo, one seed)
   cfg.seed_dirs = name == 'experiment'
-  cfg.variants = variants         # clone variants trained (symmetric|diagonal|noisy_*)
+  cfg.variants = p.variants       # clone variants trained (symmetric|diagonal|noisy_*)
   # seeds that also train variants[1:] (None: all); the others train variants[0] only.
   # experiment: the ablation on seed 0 keeps the run within ~30 min on 2 CPU cores
   cfg.ablation_seeds = (0,) if name == 'experiment' else common.P(tuple)
@@ -81,16 +96,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tie = 'keep'                  # tied embeddings: keep (final norm / n) | untie
 
   d = cfg.dropout = ml_collections.ConfigDict()
-  d.variants = ('symmetric',) if drop_seeds else ()   # clones also trained with dropout
+  d.variants = ('symmetric',) if p.dropout_seeds else ()   # clones also trained with dropout
   d.rate = 0.1                    # dropout rate of those runs (breaks the copies' symmetry)
-  d.seeds = drop_seeds            # seeds that get the dropout runs
+  d.seeds = p.dropout_seeds       # seeds that get the dropout runs
 
-  cfg.source = _trainer(s_steps, seq_len, batch, every)   # the small model's training run
-  cfg.target = _trainer(t_steps, seq_len, batch, every)   # clone and random-init runs
+  # the small model's training run, then the clone and random-init runs
+  cfg.source = _trainer(p.source_steps, p.seq_len, p.batch, p.eval_every)
+  cfg.target = _trainer(p.target_steps, p.seq_len, p.batch, p.eval_every)
   # (target.model is replaced: init_from for clones, the source preset widened for random)
   if name == 'smoke':
     for t in (cfg.source, cfg.target):
-      t.model.max_len = seq_len
+      t.model.max_len = p.seq_len
       t.eval_batches = 2
       t.eval_batch_size = 8
       t.log_every = 6

@@ -1,11 +1,101 @@
-"""Fields shared by every training config (configs/lm.py, configs/vit.py)."""
+"""What every config shares: the argument parser (`parse_arg`) and the trainer's fields.
+
+A config file's `get_config(arg)` takes big_vision-style arguments after the colon:
+
+    --config=configs/lm.py:small,local,steps=200,lr=3e-3
+
+a preset name, bare flags (set True) and key=value overrides, all named.  Once the
+package is installed, the configs are importable from anywhere (`from configs import lm`).
+"""
 
 from __future__ import annotations
+
+from typing import Any, Iterable
 
 import ml_collections
 from ml_collections import config_dict
 
 P = config_dict.placeholder
+
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
+
+
+def _convert(what: str, key: str, text: str, kind: type) -> Any:
+  if kind is bool:
+    if text.lower() not in _TRUE + _FALSE:
+      raise ValueError(f'{what} config option {key}={text!r}: expected true or false')
+    return text.lower() in _TRUE
+  try:
+    return kind(text)
+  except ValueError:
+    raise ValueError(f'{what} config option {key}={text!r}: expected a {kind.__name__}') from None
+
+
+def parse_arg(arg: str | None, what: str, presets: Iterable[str], default: str,
+              **options: Any) -> ml_collections.ConfigDict:
+  """Parses 'preset,flag,key=value,...' into a ConfigDict (preset + every option).
+
+  Args:
+    arg: the text after the config file's colon (None or '': `default`).
+    what: the config's name, for error messages ('lm', 'vit', ...).
+    presets: the preset names; at most one appears in `arg`.
+    default: the preset used when `arg` names none.
+    **options: option name -> default value (a bool is a flag: a bare name sets it True),
+      or a type (int, float, str) for an option that is None unless given.
+
+  Returns:
+    ConfigDict(preset=..., **options) with the given values converted to each option's type.
+
+  Raises:
+    ValueError: an unknown preset or option, two presets, or a value of the wrong type; the
+      message lists what is accepted.
+  """
+  presets = tuple(presets)
+  kinds = {k: (v if isinstance(v, type) else type(v)) for k, v in options.items()}
+  out = {k: (None if isinstance(v, type) else v) for k, v in options.items()}
+  preset = None
+  for token in (t.strip() for t in (arg or '').split(',')):
+    if not token:
+      continue
+    key, eq, value = token.partition('=')
+    key = key.strip()
+    if eq:
+      if key not in options:
+        raise ValueError(f'unknown {what} config option {key!r} in {arg!r}; options: '
+                         f'{sorted(options)}')
+      out[key] = _convert(what, key, value.strip(), kinds[key])
+    elif token in presets:
+      if preset is not None:
+        raise ValueError(f'{what} config {arg!r} names two presets ({preset!r}, {token!r})')
+      preset = token
+    elif kinds.get(token) is bool:
+      out[token] = True
+    else:
+      raise ValueError(f'unknown {what} config {token!r} in {arg!r}; expected one preset of '
+                       f'{sorted(presets)}, flags {sorted(k for k in kinds if kinds[k] is bool)}'
+                       f' and key=value options {sorted(options)}')
+  return ml_collections.ConfigDict({'preset': preset or default, **out})
+
+
+def apply_run_options(cfg: ml_collections.ConfigDict, args: ml_collections.ConfigDict,
+                      warmup: int) -> None:
+  """The trainer options every training config takes: steps=, batch=, lr=, seed=.
+
+  steps= also sets the warm-up to min(`warmup` (the preset's), steps // 10).
+  """
+  if args.steps is not None:
+    cfg.num_train_steps = args.steps
+    cfg.optimizer.warmup_steps = min(warmup, args.steps // 10)
+  if args.batch is not None:
+    cfg.batch_size = args.batch
+  if args.lr is not None:
+    cfg.optimizer.learning_rate = args.lr
+  if args.seed is not None:
+    cfg.seed = args.seed
+
+
+# Options of apply_run_options, for parse_arg.
+RUN_OPTIONS = dict(local=False, steps=int, batch=int, lr=float, seed=int)
 
 
 def model(name: str, **fields) -> ml_collections.ConfigDict:
@@ -42,6 +132,7 @@ def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: floa
   cfg.eval_every = 500            # eval every N steps (<= 0: never; always at the end if > 0)
   cfg.eval_batches = 20           # batches per eval (<= 0: one full pass)
   cfg.eval_at_start = False       # also evaluate the initial params (step 0)
+  cfg.profile_steps = P(tuple)    # (a, b): a jax.profiler trace of steps [a, b) in workdir/tb
 
   o = cfg.optimizer = ml_collections.ConfigDict()
   o.name = 'adamw'                # adamw | adam | sgd

@@ -5,12 +5,11 @@
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg=None):
-  variant = arg or 'full'
-  if variant not in ('full', 'local'):
-    raise ValueError(f'unknown coord_check variant {variant!r}; expected full or local')
-  local = variant == 'local'
+  local = common.parse_arg(arg, 'coord_check', ('full', 'local'), 'full').preset == 'local'
   c = ml_collections.ConfigDict()
   c.models = 'mlp,transformer'   # comma-separated: mlp, transformer
   c.optimizers = 'adam,sgd'      # comma-separated: adam, sgd

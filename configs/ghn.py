@@ -129,6 +129,7 @@ def _base(kind: str) -> ml_collections.ConfigDict:
                                 # compiles, slower steps; for smoke runs)
   cfg.eval_params = 'ema'       # evaluate / export the 'ema' or the raw 'params'
   cfg.eval_targets = True       # eval also predicts the held-out targets (finetune.targets)
+  cfg.profile_steps = P(tuple)  # (a, b): a jax.profiler trace of meta-steps [a, b) in workdir/tb
   cfg.ghn = _ghn()
   cfg.meta = _meta()
   if kind == 'vit':
@@ -226,7 +227,7 @@ VARIANTS = ('vit_local', 'gpt_local', 'smoke', 'smoke_gpt', 'vit', 'gpt', 'exper
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = (arg or 'vit_local').strip()
+  arg = common.parse_arg(arg, 'ghn', VARIANTS, 'vit_local').preset
   if arg == 'experiment':
     return _experiment({'vit': 'vit_local', 'gpt': 'gpt_local'})
   if arg == 'experiment_smoke':

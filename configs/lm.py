@@ -1,76 +1,89 @@
 """Language-model training configs.
 
-    --config=configs/lm.py:tiny            (also: small, gpt2, gpt2-medium)
-    --config=configs/lm.py:tiny,local      a few-minute run on 2 CPU cores
+    --config=configs/lm.py:tiny                  (also: small, gpt2, gpt2-medium)
+    --config=configs/lm.py:tiny,local            a few-minute run on 2 CPU cores
+    --config=configs/lm.py:small,local,steps=200,lr=3e-3,batch=8,seed=1
 
-The `local` modifier keeps the model, shrinks batch / steps / eval and
-checkpoints often, so any size can be smoke-tested on a laptop.
+`local` keeps the model, shrinks batch / steps / eval and checkpoints often, so any
+size can be smoke-tested on a laptop; steps=, batch=, lr=, seed= override the result.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import ml_collections
 
 from configs import common
 
-# size -> (model preset, model overrides, dataset, seq_len, batch, steps, lr, warmup, mesh)
-SIZES = {
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  model: str                      # model preset (hyperinit.models.preset_names())
+  dataset: str                    # hyperinit.data name
+  seq_len: int
+  batch: int                      # global batch
+  steps: int
+  lr: float                       # peak learning rate
+  warmup: int
+  weight_decay: float = 0.1
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)   # config.model fields
+  mesh: dict[str, int] = dataclasses.field(default_factory=dict)        # config.mesh fields
+
+
+PRESETS = {
     # 0.1M params, byte vocab: learns the embedded corpus in minutes on CPU
-    'tiny': ('gpt2-tiny', {}, 'pydoc_text', 128, 32, 2000, 3e-3, 100, {}),
+    'tiny': Preset('gpt2-tiny', 'pydoc_text', seq_len=128, batch=32, steps=2000, lr=3e-3,
+                   warmup=100, weight_decay=0.0),
     # ~5M params (6 x 256), byte vocab
-    'small': ('gpt2', dict(num_layers=6, embed_dim=256, num_heads=4, mlp_dim=1024, max_len=512),
-              'pydoc_text', 256, 64, 20_000, 1e-3, 500, {}),
+    'small': Preset('gpt2', 'pydoc_text', seq_len=256, batch=64, steps=20_000, lr=1e-3,
+                    warmup=500, overrides=dict(num_layers=6, embed_dim=256, num_heads=4,
+                                               mlp_dim=1024, max_len=512)),
     # GPT-2 124M / 355M (Radford et al. 2019), nanoGPT-like recipe: 0.5M tokens per step
-    'gpt2': ('gpt2', {}, 'lm1b', 1024, 512, 100_000, 6e-4, 2000, dict(data=1, fsdp=-1)),
-    'gpt2-medium': ('gpt2-medium', {}, 'lm1b', 1024, 512, 100_000, 3e-4, 2000,
-                    dict(data=1, fsdp=-1)),
+    'gpt2': Preset('gpt2', 'lm1b', seq_len=1024, batch=512, steps=100_000, lr=6e-4,
+                   warmup=2000, mesh=dict(data=1, fsdp=-1)),
+    'gpt2-medium': Preset('gpt2-medium', 'lm1b', seq_len=1024, batch=512, steps=100_000,
+                          lr=3e-4, warmup=2000, mesh=dict(data=1, fsdp=-1)),
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  parts = [p.strip() for p in (arg or 'tiny').split(',') if p.strip()]
-  size, mods = parts[0], set(parts[1:])
-  if size not in SIZES:
-    raise ValueError(f'unknown lm config {size!r}; expected one of {sorted(SIZES)} '
-                     '[,local]')
-  if mods - {'local'}:
-    raise ValueError(f'unknown lm config modifiers {sorted(mods - {"local"})}; expected local')
-  preset, over, dataset, seq_len, batch, steps, lr, warmup, mesh = SIZES[size]
+  args = common.parse_arg(arg, 'lm', PRESETS, 'tiny', **common.RUN_OPTIONS)
+  size, p = args.preset, PRESETS[args.preset]
 
   cfg = ml_collections.ConfigDict()
   cfg.task = 'lm'                 # lm | classification
   cfg.model = common.model(
-      preset,
+      p.model,
       vocab_size=common.P(int),   # None: the dataset's tokenizer size
       max_len=common.P(int))      # None: the preset's (must be >= seq_len for learned positions)
-  for k, v in over.items():
-    cfg.model[k] = v
+  cfg.model.update(p.overrides)
 
   d = cfg.data = ml_collections.ConfigDict()
-  d.dataset = dataset             # hyperinit.data name (pydoc_text is embedded), or 'synthetic'
+  d.dataset = p.dataset           # hyperinit.data name (pydoc_text is embedded), or 'synthetic'
   d.train_split = 'train'
   d.eval_split = common.P(str)    # None: the dataset's (validation if it has one, else test)
-  d.seq_len = seq_len             # tokens per example (packed)
+  d.seq_len = p.seq_len           # tokens per example (packed)
   d.data_dir = common.P(str)      # tfds data dir (None: hyperinit.data's default)
   d.tokenizer = common.P(str)     # tokenizer file (None: byte-level)
   d.worker_count = 0              # grain worker processes (0: in the main process)
 
-  common.training(cfg, steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=0.1)
-  for k, v in mesh.items():
-    cfg.mesh[k] = v
-  if size == 'tiny':
-    cfg.optimizer.weight_decay = 0.0
+  common.training(cfg, steps=p.steps, batch=p.batch, lr=p.lr, warmup=p.warmup,
+                  weight_decay=p.weight_decay)
+  cfg.mesh.update(p.mesh)
 
-  if 'local' in mods:
-    cfg.batch_size = min(batch, 16 if size == 'tiny' else 4)
-    cfg.data.seq_len = min(seq_len, 128)
-    cfg.num_train_steps = 2000 if size == 'tiny' else 20   # tiny: ~3 min on 2 CPU cores
-    cfg.optimizer.warmup_steps = min(warmup, cfg.num_train_steps // 10)
-    cfg.log_every = 20 if size == 'tiny' else 5
-    cfg.eval_every = 250 if size == 'tiny' else 10
-    cfg.eval_batches = -1 if size == 'tiny' else 2      # -1: the whole validation split
-    cfg.checkpoint.every = 500 if size == 'tiny' else 10
+  if args.local:
+    tiny = size == 'tiny'
+    cfg.batch_size = min(p.batch, 16 if tiny else 4)
+    cfg.data.seq_len = min(p.seq_len, 128)
+    cfg.num_train_steps = 2000 if tiny else 20   # tiny: ~3 min on 2 CPU cores
+    cfg.optimizer.warmup_steps = min(p.warmup, cfg.num_train_steps // 10)
+    cfg.log_every = 20 if tiny else 5
+    cfg.eval_every = 250 if tiny else 10
+    cfg.eval_batches = -1 if tiny else 2      # -1: the whole validation split
+    cfg.checkpoint.every = 500 if tiny else 10
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = -1, 1, 1
-    if size != 'tiny':
-      cfg.data.dataset = 'pydoc_text'
+    cfg.data.dataset = 'pydoc_text'
+  common.apply_run_options(cfg, args, p.warmup)
   return cfg

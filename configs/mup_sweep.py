@@ -10,10 +10,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  variant = arg or 'full'
-  if variant not in ('full', 'local'):
-    raise ValueError(f'unknown mup_sweep variant {variant!r}; expected full or local')
-  local = variant == 'local'
+  local = common.parse_arg(arg, 'mup_sweep', ('full', 'local'), 'full').preset == 'local'
   c = ml_collections.ConfigDict()
   c.widths = (64, 128, 256) if local else (64, 128, 256, 512)   # embed_dim of each model
   c.base_width = 64               # muP base (the proxy the LR is tuned on)
