@@ -11,6 +11,7 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -137,17 +138,27 @@ def test_trainer_checkpoint_clone_orbax_init_from_trains(source_run, tmp_path):
   meta = checkpoint.Checkpointer(dst, read_only=True).meta()
   assert meta['clone']['variant'] == 'noisy_symmetric' and meta['clone']['source_step'] == 8
   assert meta['clone']['logits_max_rel_error'] < RTOL
-  # init_from: the architecture comes from the clone; step-0 eval = the source's final eval
-  conf = lm_config(4, **{'model.name': 'init_from', 'eval_at_start': True})
+  # init_from: the architecture comes from the clone; step-0 eval = the source's final eval.
+  # One AdamW step at a constant LR without decay: the first Adam update is
+  # lr * g / (|g| + eps) (bias-corrected m / sqrt(v)), so every entry of the clone moves by at
+  # most lr and nearly all by ~lr: the run trains the clone's params with the configured optimizer.
+  lr = 1e-3
+  conf = lm_config(1, **{'model.name': 'init_from', 'eval_at_start': True,
+                         'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
+                         'optimizer.weight_decay': 0.0, 'optimizer.learning_rate': lr,
+                         'checkpoint.every': 1})
   conf.init_from = dst
   out = loop.train_and_evaluate(conf, str(tmp_path / 'run'))
-  assert out['step'] == 4 and np.isfinite(out['eval']['loss'])
+  assert out['step'] == 1 and np.isfinite(out['eval']['loss'])
   src_evals = [r for r in metrics.read_jsonl(source_run) if r['split'] == 'eval']
   run_evals = [r for r in metrics.read_jsonl(str(tmp_path / 'run')) if r['split'] == 'eval']
   assert run_evals[0]['step'] == 0
   assert run_evals[0]['loss'] == pytest.approx(src_evals[-1]['loss'], rel=1e-5)
-  # (no "the loss went down" check: 4 steps of a re-warmed learning rate may raise it first)
-  assert run_evals[-1]['step'] == 4 and run_evals[-1]['loss'] != run_evals[0]['loss']
+  _, after = checkpoint.load_params(str(tmp_path / 'run'))
+  deltas = np.concatenate([np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
+                           for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(params))])
+  assert deltas.max() <= lr * (1 + 1e-3)   # + float32 rounding of params near 1 (~1e-7)
+  assert np.mean(deltas > 0.9 * lr) > 0.9, np.mean(deltas > 0.9 * lr)
 
 
 def test_with_opt_state_resumes_the_run_at_the_wider_size(source_run, tmp_path):

@@ -94,9 +94,22 @@ def test_smoke_writes_the_report_and_the_numbers_are_right(smoke):
     assert row['t_clone'] == (None if want is None else pytest.approx(want))
     if row['status'] == 'reached':
       assert row['speedup'] == pytest.approx(row['t_random'] / want)
-      c = res['flops']['ratio']
-      assert 0.1 < c < 0.5 and row['adjusted'] == pytest.approx(
-          row['t_random'] / (want + res['source_steps'] * c))
+      assert row['adjusted'] == pytest.approx(
+          row['t_random'] / (want + res['source_steps'] * res['flops']['ratio']))
+  # Source / destination training FLOPs per token in closed form (6N + 12 L T D, N every
+  # non-position parameter of a tied GPT-2: per block attention 4D^2 + 4D, MLP 2DM + M + D,
+  # two LayerNorms 4D; final LayerNorm 2D; tied readout V D).
+  cfg = clone_configs.get_config('smoke')
+  m, t, n_layers = cfg.source.model, cfg.source.data.seq_len, 2
+
+  def fpt(d, mlp, vocab=256):
+    n = n_layers * (4 * d * d + 4 * d + 2 * d * mlp + mlp + d + 4 * d) + 2 * d + vocab * d
+    return 6 * n + 12 * n_layers * t * d
+  k = cfg.clone.factor
+  assert res['flops']['src_per_token'] == fpt(m.embed_dim, m.mlp_dim)
+  assert res['flops']['dst_per_token'] == fpt(k * m.embed_dim, k * m.mlp_dim)
+  assert res['flops']['ratio'] == pytest.approx(fpt(m.embed_dim, m.mlp_dim) /
+                                                fpt(k * m.embed_dim, k * m.mlp_dim), rel=1e-12)
   md = open(os.path.join(workdir, 'report.md')).read()
   assert '| symmetric clone |' in md and '| random init |' in md and 't_random / t_clone' in md
   assert 'compute-adjusted' in md and '![validation loss](loss_curves.png)' in md

@@ -24,7 +24,12 @@ TINY = ['gpt2-tiny', 'opt-tiny', 'pythia-tiny', 'llama-tiny', 'llama-gqa-tiny', 
         'olmo-tiny', 'vit-tiny']
 VARIANTS = cloning.VARIANTS
 RTOL = 1e-5   # fp32: |clone - source| <= RTOL * (|source| + max |source|)
-BF16_TOL = 0.03   # bf16: max |clone - source| <= 3% of max |logit| (measured <= 1.8%, 8 presets)
+# bf16, max |clone - source| / max |logit|: noisy clones <= 2.5% (measured <= 1.8%, 8 presets);
+# noise-free clones are exact (the copies' sums round the same way) except where measured
+# otherwise: MQA under bf16 compute (0.26%, its one kv head is shared, not copied) and the ViT
+# with bf16 params (0.48%).
+BF16_NOISY_TOL = 0.025
+BF16_EXACT_EXCEPT = {('compute', 'llama-mqa-tiny'): 0.01, ('params', 'vit-tiny'): 0.01}
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,24 +122,30 @@ def test_clone_really_widens_and_noise_is_present():
   assert float(jnp.abs(k_noisy - k_sym).max()) > 1e-3
 
 
-@pytest.mark.parametrize('name', ['llama-gqa-tiny', 'gpt2-tiny'])
+@pytest.mark.parametrize('name', TINY)
 def test_clone_preserves_logits_bf16(name):
   """bf16 compute (fp32 params) and bf16 params: clone vs source under the same dtype."""
+  opts = {'tie': 'untie'} if name == 'olmo-tiny' else {}
   cfg = models.get_config(name, dtype='bfloat16')
   params, x = _params(cfg), _inputs(cfg)
   ref = _forward(cfg)(params, x)
-  for variant in ('symmetric', 'noisy_diagonal'):
-    big, dst = cloning.clone_model(params, cfg, cloning.factors_for(2), variant, rng=3, jit=False)
-    _assert_close(_forward(dst)(big, x), ref, BF16_TOL, f'bf16 compute {variant}')
+  for variant in ('symmetric', 'noisy_symmetric', 'noisy_diagonal'):
+    big, dst = cloning.clone_model(params, cfg, cloning.factors_for(2), variant, rng=3, jit=False,
+                                   **opts)
+    tol = (BF16_NOISY_TOL if variant.startswith('noisy')
+           else BF16_EXACT_EXCEPT.get(('compute', name), 0.0))
+    _assert_close(_forward(dst)(big, x), ref, tol, f'bf16 compute {variant}')
   # bf16 parameters: the symmetric clone of a bf16 leaf is exact (division by 2).
   cfg16 = models.get_config(name, dtype='bfloat16', param_dtype='bfloat16')
   p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
-  big, dst = cloning.clone_model(p16, cfg16, cloning.factors_for(2), 'symmetric', jit=False)
+  big, dst = cloning.clone_model(p16, cfg16, cloning.factors_for(2), 'symmetric', jit=False,
+                                 **opts)
   assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(big))
-  wo = np.asarray(p16['block_0']['mlp']['wo']['kernel'], np.float32)
-  np.testing.assert_array_equal(np.asarray(big['block_0']['mlp']['wo']['kernel'], np.float32),
+  wo = np.asarray(spec.flatten(p16)['block_0/mlp/wo/kernel'], np.float32)
+  np.testing.assert_array_equal(np.asarray(spec.flatten(big)['block_0/mlp/wo/kernel'], np.float32),
                                 np.block([[wo / 2, wo / 2], [wo / 2, wo / 2]]))
-  _assert_close(_forward(dst)(big, x), _forward(cfg16)(p16, x), BF16_TOL, 'bf16 params')
+  _assert_close(_forward(dst)(big, x), _forward(cfg16)(p16, x),
+                BF16_EXACT_EXCEPT.get(('params', name), 0.0), 'bf16 params')
 
 
 # --- the harness can fail: known-wrong clones are caught ----------------------------

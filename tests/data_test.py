@@ -206,8 +206,15 @@ def test_hf_tokenizer_file(data_dir, tmp_path):
   info = data.dataset_info('pydoc_text', data_dir, tokenizer=path)
   assert info.vocab_size == tok.get_vocab_size() and info.eos_id == tok.token_to_id('<|endoftext|>')
   b = _take(data.lm_loader(seq_len=64, batch_size=4, data_dir=data_dir, tokenizer=path,
-                           split='validation', shard_index=0, shard_count=1), 1)[0]
-  assert b['inputs'].max() < info.vocab_size and (b['inputs'] == info.eos_id).sum() <= 4 * 64
+                           split='validation', shard_index=0, shard_count=1, shuffle=False,
+                           num_epochs=1), 1)[0]
+  # Reference: the tokenizers library's own ids of each document + EOS, packed in stored order.
+  stream = np.concatenate([np.r_[tok.encode(t).ids, info.eos_id] for t in texts[:40]])
+  rows = stream[:4 * 65].reshape(4, 65)
+  assert (rows == info.eos_id).sum() >= 1          # the batch crosses a document boundary
+  np.testing.assert_array_equal(b['inputs'], rows[:, :-1])
+  np.testing.assert_array_equal(b['targets'], rows[:, 1:])
+  assert b['inputs'].max() < info.vocab_size
   assert data.HFTokenizer(path).decode(data.HFTokenizer(path).encode(texts[0])) == texts[0]
   with pytest.raises(ValueError, match='separator'):
     data.HFTokenizer(path, eos_token='<nope>')

@@ -116,20 +116,21 @@ def test_import_reads_the_config_fields(tmp_path):
           cfg.tie_embeddings, cfg.vocab_size) == ('llama', 2, 16, 5e5, 1e-5, False, 101)
 
 
-def test_bf16_checkpoint_import(tmp_path):
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_half_precision_checkpoint_import(dtype, tmp_path):
   torch, T = require_hf()
   model = _hf_model(T, 'gpt_neox')
   randomize_torch(torch, model, seed=3)
-  model.to(torch.bfloat16).save_pretrained(tmp_path)
-  # Reference: transformers itself, upcasting the bf16 checkpoint to fp32.
+  model.to(getattr(torch, dtype)).save_pretrained(tmp_path)
+  # Reference: transformers itself, upcasting the half-precision checkpoint to fp32.
   ref = T.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
                                                attn_implementation='eager')
   cfg, params = interop.load_hf(tmp_path)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
   _assert_close(_ours(cfg, params), _theirs(torch, ref))
-  cfg16, p16 = interop.load_hf(tmp_path, param_dtype='bfloat16')
-  assert cfg16.param_dtype == 'bfloat16'
-  assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree.leaves(p16))
+  cfg16, p16 = interop.load_hf(tmp_path, param_dtype=dtype)
+  assert cfg16.param_dtype == dtype
+  assert all(x.dtype == jax.numpy.dtype(dtype) for x in jax.tree.leaves(p16))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.astype(np.float32), b), p16, params)
 
 
@@ -199,17 +200,18 @@ def test_sharded_export_and_import(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 
 
-def test_bf16_export_is_read_by_transformers(tmp_path):
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_half_precision_export_is_read_by_transformers(dtype, tmp_path):
   torch, T = require_hf()
   cfg = _our_cfg('pythia')
   params = random_params(cfg, seed=2)
-  interop.save_hf(tmp_path / 'out', cfg, params, dtype='bfloat16')
-  assert json.loads((tmp_path / 'out' / 'config.json').read_text())['dtype'] == 'bfloat16'
+  interop.save_hf(tmp_path / 'out', cfg, params, dtype=dtype)
+  assert json.loads((tmp_path / 'out' / 'config.json').read_text())['dtype'] == dtype
   model = _from_pretrained(T, torch, tmp_path / 'out', False)  # upcast to fp32 by transformers
-  rounded = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16).astype(np.float32), params)
+  rounded = jax.tree.map(lambda x: x.astype(jax.numpy.dtype(dtype)).astype(np.float32), params)
   _assert_close(_ours(cfg, rounded), _theirs(torch, model))
-  cfg16, p16 = interop.load_hf(tmp_path / 'out', param_dtype='bfloat16')
-  assert cfg16 == cfg.replace(param_dtype='bfloat16', init='normal')
+  cfg16, p16 = interop.load_hf(tmp_path / 'out', param_dtype=dtype)
+  assert cfg16 == cfg.replace(param_dtype=dtype, init='normal')
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.astype(np.float32), b), p16, rounded)
 
 

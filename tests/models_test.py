@@ -35,13 +35,28 @@ def test_every_leaf_is_annotated(name, scan):
   spec.axis_sizes(shapes, specs)  # each logical name has a single size
 
 
-@pytest.mark.parametrize('name,expected', [
+# The Hugging Face checkpoints' parameter counts (ViTs: DeiT / ViT at 224 px, 1000 classes).
+PUBLISHED = dict([
     ('gpt2', 124_439_808), ('gpt2-medium', 354_823_168), ('gpt2-large', 774_030_080),
     ('pythia-70m', 70_426_624), ('pythia-160m', 162_322_944), ('opt-125m', 125_239_296),
     ('smollm-135m', 134_515_008), ('olmo-1b', 1_176_764_416), ('vit-b', 86_567_656),
+    ('gpt2-xl', 1_557_611_200), ('llama2-7b', 6_738_415_616), ('olmo-7b', 6_888_095_744),
+    ('opt-1.3b', 1_315_758_080), ('opt-2.7b', 2_651_596_800), ('opt-6.7b', 6_658_473_984),
+    ('pythia-410m', 405_334_016), ('pythia-1b', 1_011_781_632), ('pythia-1.4b', 1_414_647_808),
+    ('pythia-2.8b', 2_775_208_960), ('smollm-360m', 361_821_120), ('vit-ti', 5_717_416),
+    ('vit-s', 22_050_664), ('vit-l', 304_326_632),
 ])
+
+
+@pytest.mark.parametrize('name,expected', sorted(PUBLISHED.items()))
 def test_published_parameter_counts(name, expected):
+  # Computed from shapes: nothing is allocated, so every full-size preset is checked.
   assert models.count_params(models.get_config(name)) == expected
+
+
+def test_every_full_size_preset_has_its_published_count_checked():
+  full = {n for n in models.preset_names() if 'tiny' not in n}
+  assert full <= set(PUBLISHED), sorted(full - set(PUBLISHED))
 
 
 def test_query_kernel_annotation():

@@ -189,10 +189,8 @@ def test_gradient_scale_matches_eps_rule():
   for k in MLP_LEAVES:
     want = rms[1024]['eps'][k] / rms[256]['eps'][k]    # 1/4 for width leaves, 1 for finite
     got = rms[1024][k] / rms[256][k]
-    if want < 1:
-      assert 0.7 * want < got < 1.4 * want, (k, got, want)
-    else:
-      assert got > 0.5, (k, got)
+    # measured: 0.79-1.03 x want for the width leaves, 0.86 for the finite readout bias
+    assert 0.7 * want < got < 1.4 * want, (k, got, want)
 
 
 # --- our Transformer presets ------------------------------------------------------

@@ -7,7 +7,6 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -171,8 +170,10 @@ def test_fold_preserves_function_for_every_multiplier(preset, tied):
   toks = _tokens()
   want = _logits(old, params, toks)
   assert np.abs(_logits(new, params, toks) - want).max() > 0.1   # the change is not a no-op
-  # float32 rounding of factors like sqrt(2) and 2/3, amplified by the random network: 1e-4
-  np.testing.assert_allclose(_logits(new, folded, toks), want, rtol=1e-4, atol=1e-4)
+  # float32 rounding of factors like sqrt(2) and 2/3: measured 0.9e-6 (gpt2) and 2.7e-6 (llama)
+  # of max|logit|; the bound is the clone tests' 1e-5.
+  err = np.abs(_logits(new, folded, toks) - want).max()
+  assert err <= 1e-5 * np.abs(want).max(), (err, np.abs(want).max())
 
 
 def test_fold_errors_name_the_problem():

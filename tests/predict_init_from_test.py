@@ -56,3 +56,28 @@ def test_predict_then_train_init_from_starts_from_the_prediction(tmp_path):
   meta = checkpoint.read_meta(out)
   assert json.dumps(meta['model_config'], sort_keys=True) == json.dumps(cfg.to_dict(),
                                                                          sort_keys=True)
+
+
+def test_predict_hf_format_loads_in_transformers(tmp_path):
+  from hf_testing import require_hf  # pylint: disable=g-import-not-at-top
+  torch, T = require_hf()
+  out = str(tmp_path / 'pred_hf')
+  _run('experiments.predict', '--target=gpt2-tiny', f'--out={out}', '--seed=3', '--format=hf')
+  cfg = models.get_config('gpt2-tiny')
+  ghn_cfg = ghn_lib.GHNConfig()
+  want = ghn_lib.predict(ghn_cfg, ghn_lib.init(ghn_cfg, jax.random.key(3)), cfg)
+  model, info = T.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                       attn_implementation='eager',
+                                                       output_loading_info=True)
+  assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')), info
+  tokens = np.asarray(jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size))
+  model.eval()
+  with torch.no_grad():
+    theirs = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+  ours = np.asarray(models.apply_fn(cfg)(want, tokens))
+  # The same tolerance as the interop tests: 1e-4 of max |logit| (fp32).
+  assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+  # and checkpoint.load_params reads the HF directory back bit for bit
+  cfg2, back = checkpoint.load_params(out)
+  assert cfg2.embed_dim == cfg.embed_dim
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(back), jax.device_get(want))

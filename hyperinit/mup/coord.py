@@ -226,27 +226,61 @@ def transformer_setup(param: str, optimizer: str, lr: float, *, base_width: int 
                              max_len=seq_len, **overrides)
 
   def make(width: int) -> CoordSetup:
-    cfg, mults = cfg_at(width), None
-    if param == 'mup':
-      base = cfg_at(base_width)
-      cfg = mup_init.mup_config(cfg, base)
-      mults = shapes.config_multipliers(cfg, base)
-    module = models.build(cfg)
-
-    def init(key):
-      params = spec_lib.unbox(models.init_boxed(cfg, key))
-      if mults is None:
-        return params
-      return mup_init.rescale_init(params, mults, init_scheme=cfg.init, readout=readout,
-                                   zero_query=zero_query)
-
-    def make_batch(key):
-      return jax.random.randint(key, (batch, seq_len + 1), 0, cfg.vocab_size)
-
-    def loss_and_acts(p, toks):
-      logits, acts = apply_with_acts(module, p, toks[:, :-1])
-      # An untied head's raw output precedes logits_mult; 'output' is the real logits.
-      acts.pop('lm_head', None)
-      return _xent(logits, toks[:, 1:]), acts
-    return CoordSetup(init, _optimizer(optimizer, lr, mults), loss_and_acts, make_batch)
+    return _transformer(param, optimizer, lr, cfg_at(width), cfg_at(base_width), seq_len=seq_len,
+                        batch=batch, readout=readout, zero_query=zero_query)
   return make
+
+
+def transformer_depth_setup(param: str, optimizer: str, lr: float, *, base_depth: int = 2,
+                            width: int = 64, depth_alpha: float = 1.0, preset: str = 'gpt2-tiny',
+                            seq_len: int = 16, batch: int = 2, num_heads: int = 4,
+                            readout: str = 'zero', **overrides) -> Callable[[int], CoordSetup]:
+  """The depth version: `make(depth)` for our Transformer at a fixed width.
+
+  muP: depth transfer against `base_depth` (`mup_config(..., depth_alpha=...)`: residual
+  branches x (L / L_base)^-alpha, 1.0 CompleteP, 0.5 depth-muP; the muP optimizer's
+  depth rule), at the base width.  SP: the preset as is (GPT-2's 1/sqrt(2L) init of the
+  residual outputs, no forward multiplier, plain optimizer).  Besides every layer, the
+  activations hold 'residual': the last block's output (the residual stream the final
+  norm reads), the quantity CompleteP keeps depth-independent.
+  """
+  _check_param(param)
+
+  def cfg_at(depth):
+    return models.get_config(preset, embed_dim=width, mlp_dim=4 * width, num_heads=num_heads,
+                             num_layers=depth, max_len=seq_len, **overrides)
+
+  def make(depth: int) -> CoordSetup:
+    return _transformer(param, optimizer, lr, cfg_at(depth), cfg_at(base_depth), seq_len=seq_len,
+                        batch=batch, readout=readout, zero_query=False, depth_alpha=depth_alpha,
+                        residual_key=f'block_{depth - 1}')
+  return make
+
+
+def _transformer(param: str, optimizer: str, lr: float, cfg, base, *, seq_len: int, batch: int,
+                 readout: str, zero_query: bool, depth_alpha: float | None = None,
+                 residual_key: str | None = None) -> CoordSetup:
+  mults = None
+  if param == 'mup':
+    cfg = mup_init.mup_config(cfg, base, depth_alpha=depth_alpha)
+    mults = shapes.config_multipliers(cfg, base, depth_alpha=depth_alpha)
+  module = models.build(cfg)
+
+  def init(key):
+    params = spec_lib.unbox(models.init_boxed(cfg, key))
+    if mults is None:
+      return params
+    return mup_init.rescale_init(params, mults, init_scheme=cfg.init, readout=readout,
+                                 zero_query=zero_query)
+
+  def make_batch(key):
+    return jax.random.randint(key, (batch, seq_len + 1), 0, cfg.vocab_size)
+
+  def loss_and_acts(p, toks):
+    logits, acts = apply_with_acts(module, p, toks[:, :-1])
+    # An untied head's raw output precedes logits_mult; 'output' is the real logits.
+    acts.pop('lm_head', None)
+    if residual_key is not None:
+      acts['residual'] = acts[residual_key]
+    return _xent(logits, toks[:, 1:]), acts
+  return CoordSetup(init, _optimizer(optimizer, lr, mults), loss_and_acts, make_batch)
