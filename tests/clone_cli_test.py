@@ -50,6 +50,11 @@ HF_CASES = {
     'llama-gqa-untied': (lambda T: T.LlamaConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **TOK_IDS), []),
+    # An explicit head_dim (!= hidden / heads) that Llama's config expresses: not refused.
+    'llama-explicit-head_dim': (lambda T: T.LlamaConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32,
+        **TOK_IDS), []),
     'llama-mqa-tied': (lambda T: T.LlamaConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32,
@@ -89,6 +94,37 @@ def test_hf_in_clone_hf_out_transformers_logits_equal(name, tmp_path):
   assert err <= RTOL * scale, f'{name}: max |clone - source| {err:.3g} > {RTOL} * {scale:.3g}'
   n_src, n_dst = (sum(p.numel() for p in m.parameters()) for m in (src, dst))
   assert n_dst > 2 * n_src
+
+
+def test_hf_clone_keeps_the_tokenizer_and_generation_config(tmp_path):
+  """HF -> clone -> HF carries the tokenizer files and generation_config.json unchanged."""
+  torch, T = require_hf()
+  tokenizers = pytest.importorskip('tokenizers')
+  src = T.AutoModelForCausalLM.from_config(HF_CASES['llama-gqa-untied'][0](T),
+                                           attn_implementation='eager')
+  randomize_torch(torch, src)
+  src.save_pretrained(tmp_path / 'src')
+  vocab = {'<unk>': 0, **{f'w{i}': i for i in range(1, 101)}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='<unk>').save_pretrained(
+      tmp_path / 'src')
+  T.GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=7).save_pretrained(
+      tmp_path / 'src')
+  run_cli(f'--src={tmp_path / "src"}', f'--dst={tmp_path / "dst"}', '--factor=2', '--seed=3')
+  carried = sorted(f for f in os.listdir(tmp_path / 'src')
+                   if f not in ('config.json', 'model.safetensors'))
+  assert 'tokenizer.json' in carried and 'generation_config.json' in carried
+  for f in carried:
+    assert (tmp_path / 'dst' / f).read_bytes() == (tmp_path / 'src' / f).read_bytes(), f
+  text = 'w5 w17 w99 w3'
+  assert (T.AutoTokenizer.from_pretrained(tmp_path / 'dst')(text)['input_ids'] ==
+          T.AutoTokenizer.from_pretrained(tmp_path / 'src')(text)['input_ids'])
+  # A pipeline on the clone: greedy generation as configured by the carried generation_config.
+  pipe = T.pipeline('text-generation', model=str(tmp_path / 'dst'), device='cpu')
+  assert pipe.model.generation_config.max_new_tokens == 3
+  out = pipe(text)[0]['generated_text']
+  assert out.startswith(text) and len(out.split()) <= 4 + 3
 
 
 def test_hf_refusal_names_the_reason_and_suggests_orbax(tmp_path):
@@ -239,3 +275,8 @@ def test_existing_output_missing_source_and_atomic_write(source_run, tmp_path):
           '--check=false')
   assert sorted(os.listdir(dst)) == ['config.json', 'model.safetensors']
   assert cli.load_source(str(dst)).cfg.embed_dim == 128
+  # --overwrite never deletes the source: a destination that is or contains it is refused.
+  for bad in (source_run, os.path.dirname(source_run)):
+    with pytest.raises(SystemExit, match='is or contains the source .* pick another --dst'):
+      run_cli(f'--src={source_run}', f'--dst={bad}', '--factor=2', '--overwrite')
+  assert os.path.isdir(os.path.join(source_run, 'checkpoints'))

@@ -197,3 +197,24 @@ def test_small_vocab_export_has_no_out_of_range_special_tokens():
   d = interop.hf_config(cfg)
   assert d['bos_token_id'] is None and d['eos_token_id'] is None
   assert 'bos_token_id' not in interop.hf_config(models.get_config('gpt2', num_layers=1))
+
+
+def test_copy_files_are_copied_atomically_and_cannot_replace_the_export(tmp_path):
+  cfg = models.get_config('gpt2-tiny', **_SMALL, embed_dim=32, mlp_dim=64)
+  src = tmp_path / 'src'
+  src.mkdir()
+  (src / 'tokenizer.json').write_text('{"version": "1.0"}')
+  (src / 'generation_config.json').write_text('{"max_new_tokens": 3}')
+  (src / 'notes.txt').write_text('not a companion file')
+  files = interop.companion_files(src)
+  assert sorted(os.path.basename(f) for f in files) == ['generation_config.json', 'tokenizer.json']
+  written = interop.save_hf(tmp_path / 'out', cfg, random_params(cfg), copy_files=files)
+  assert written == ['config.json', 'model.safetensors', 'generation_config.json',
+                     'tokenizer.json']
+  assert (tmp_path / 'out' / 'tokenizer.json').read_text() == '{"version": "1.0"}'
+  (src / 'config.json').write_text('{}')
+  with pytest.raises(ValueError, match="would replace the export's own config.json"):
+    interop.save_hf(tmp_path / 'out2', cfg, random_params(cfg), copy_files=[src / 'config.json'])
+  with pytest.raises(FileNotFoundError, match='is not a file'):
+    interop.save_hf(tmp_path / 'out2', cfg, random_params(cfg), copy_files=[src / 'nope.json'])
+  assert not (tmp_path / 'out2').exists()

@@ -79,16 +79,18 @@ def clone_config(cfg: ModelConfig, factors: Mapping[str, Any], *, kv_rule: str =
 
 
 def nonstandard_reasons(cfg: ModelConfig) -> list[str]:
-  """Why `cfg` is not a standard member of its family (empty: it is)."""
+  """What a clone did that no standard model of any family does (empty: nothing).
+
+  Which fields a given Hugging Face family can express (an explicit head_dim, GQA, ...)
+  is `interop.check_exportable`'s to say; this names only what the clone itself made
+  non-standard, in words.
+  """
   out = []
   if cfg.position == 'rope' and cfg.rope_tile > 1:
     out.append(f'rope_tile={cfg.rope_tile}: each head is {cfg.rope_tile} chunks rotated with the '
                f'frequencies of a {cfg.d_head // cfg.rope_tile}-wide head (a head_dim clone under '
                f'RoPE); a standard checkpoint of this family would rotate the whole head with '
                f'other frequencies, so it cannot be exported as one')
-  if cfg.head_dim is not None and cfg.embed_dim != cfg.num_heads * cfg.head_dim:
-    out.append(f'head_dim={cfg.head_dim} != embed_dim/num_heads={cfg.embed_dim}/{cfg.num_heads}: '
-               f'only families whose config has an explicit head_dim can express it')
   return out
 
 

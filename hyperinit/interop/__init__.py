@@ -9,8 +9,8 @@ Families: gpt2, opt (pre-LN), gpt_neox, llama, olmo (causal LMs) and vit
 
 from hyperinit.interop.convert import stack_layers, unstack_layers
 from hyperinit.interop.families import FAMILIES
-from hyperinit.interop.files import atomic_dir, parse_size, read_config
+from hyperinit.interop.files import atomic_dir, companion_files, parse_size, read_config
 from hyperinit.interop.hf import check_exportable, config_from_hf, hf_config, load_hf, save_hf
 
-__all__ = ['FAMILIES', 'atomic_dir', 'check_exportable', 'config_from_hf', 'hf_config', 'load_hf',
+__all__ = ['FAMILIES', 'atomic_dir', 'check_exportable', 'companion_files', 'config_from_hf', 'hf_config', 'load_hf',
            'parse_size', 'read_config', 'save_hf', 'stack_layers', 'unstack_layers']

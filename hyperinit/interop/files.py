@@ -15,6 +15,13 @@ from hyperinit._io import atomic_dir  # re-exported: interop.atomic_dir
 from hyperinit.interop.base import Family
 
 CONFIG, WEIGHTS, INDEX = 'config.json', 'model.safetensors', 'model.safetensors.index.json'
+# Files of a Hugging Face directory that do not depend on the weights' shapes: a widened
+# model (same vocabulary) keeps them unchanged, so AutoTokenizer / pipelines still work.
+COMPANION_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'added_tokens.json', 'vocab.json', 'vocab.txt', 'merges.txt',
+                   'tokenizer.model', 'spiece.model', 'chat_template.jinja',
+                   'chat_template.json', 'generation_config.json',
+                   'preprocessor_config.json')
 _UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
           'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
 
@@ -35,6 +42,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
   if not isinstance(d, dict):
     raise ValueError(f'{file!r} holds a {type(d).__name__}, expected a JSON object')
   return d
+
+
+def companion_files(path: str | os.PathLike) -> list[str]:
+  """The `COMPANION_FILES` present in Hugging Face directory `path` (full paths)."""
+  path = os.fspath(path)
+  return [os.path.join(path, f) for f in COMPANION_FILES if os.path.isfile(os.path.join(path, f))]
 
 
 def _weight_files(path: str) -> dict[str, str]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+import shutil
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -204,7 +205,8 @@ def _check_params(cfg: ModelConfig, params: Mapping[str, Any]) -> dict[str, Any]
 def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any], *,
             max_shard_size: int | str = '5GB', dtype: str | None = None,
             family: str | None = None, overwrite: bool = False,
-            extra_config: Mapping[str, Any] | None = None) -> list[str]:
+            extra_config: Mapping[str, Any] | None = None,
+            copy_files: Sequence[str | os.PathLike] = ()) -> list[str]:
   """Exports (cfg, params) as a directory transformers' `from_pretrained` loads.
 
   Args:
@@ -217,6 +219,8 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
     family: HF family to export as; default cfg.family ('vit' for a ViTConfig).
     overwrite: replace an existing non-empty directory.
     extra_config: extra config.json fields (e.g. bos_token_id, id2label).
+    copy_files: files copied unchanged into the directory, inside the same atomic write
+      (e.g. a source's tokenizer and generation_config.json: `interop.companion_files`).
 
   Returns:
     The file names written inside `path`.
@@ -227,6 +231,12 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
     FileExistsError: `path` exists, is not empty and overwrite=False.
   """
   fam = check_exportable(cfg, family)
+  copies = {os.path.basename(os.fspath(f)): os.fspath(f) for f in copy_files}
+  for name, f in copies.items():
+    if name in (CONFIG, WEIGHTS, INDEX) or name.endswith('.safetensors'):
+      raise ValueError(f'copy_files: {f!r} would replace the export\'s own {name}')
+    if not os.path.isfile(f):
+      raise FileNotFoundError(f'copy_files: {f!r} is not a file')
   d = hf_config(cfg, family, dtype, extra_config)
   np_dtype = jnp.dtype(d['dtype'])
   flat = _check_params(cfg, params)
@@ -262,4 +272,6 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
       with open(os.path.join(tmp, INDEX), 'w') as f:
         index = {'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))}
         json.dump(index, f, indent=2)
-  return [CONFIG] + names + ([INDEX] if n > 1 else [])
+    for name, f in copies.items():
+      shutil.copyfile(f, os.path.join(tmp, name))
+  return [CONFIG] + names + ([INDEX] if n > 1 else []) + sorted(copies)

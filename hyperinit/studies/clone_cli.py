@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from hyperinit import _io, interop, models, sharding
 from hyperinit import checkpoint as ckpt_lib
@@ -212,6 +213,28 @@ def hf_refusal(dst_cfg: models.ModelConfig) -> str | None:
           'keeps a standard model.)')
 
 
+def check_destination(src: str, dst: str, overwrite: bool) -> None:
+  """Refuses a `dst` that would destroy `src` or, without `overwrite`, anything else.
+
+  Raises:
+    ValueError: `dst` is the source or a directory containing it (--overwrite would
+      delete the source).
+    FileExistsError: `dst` is not empty and `overwrite` is False.
+  """
+  s, d = os.path.realpath(src), os.path.realpath(dst)
+  if s == d or s.startswith(d.rstrip(os.sep) + os.sep):
+    raise ValueError(f'--dst {dst!r} is or contains the source {src!r}: writing there would '
+                     'delete the source; pick another --dst')
+  if os.path.isdir(dst) and os.listdir(dst):
+    entries = sorted(os.listdir(dst))
+    if not overwrite:
+      raise FileExistsError(f'--dst {dst!r} exists and is not empty; pass --overwrite to '
+                            f'replace it (it holds {", ".join(entries[:5])}'
+                            f'{", ..." if len(entries) > 5 else ""})')
+    logging.warning('--overwrite: replacing %s (%d entries: %s%s) once the clone is written',
+                    dst, len(entries), ', '.join(entries[:5]), ', ...' if len(entries) > 5 else '')
+
+
 # --- the whole thing -----------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -290,8 +313,7 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
     why = hf_refusal(dst_cfg)
     if why:
       raise ValueError(why)
-  if not overwrite and os.path.isdir(dst) and os.listdir(dst):  # fail before the work
-    raise FileExistsError(f'--dst {dst!r} exists and is not empty; pass --overwrite to replace it')
+  check_destination(source.path, dst, overwrite)   # fail before the work
   plan, dst_cfg = config_lib.plan_model(source.cfg, factors, variant, snr_db, kv_rule=kv_rule,
                                         tie=tie, noise_dist=noise_dist)
   state = None
@@ -306,8 +328,10 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
               tie=tie, with_opt_state=bool(with_opt_state), notes=list(plan.notes),
               logits_max_rel_error=err)
   if fmt == 'hf':
+    # An HF source's tokenizer and generation config hold for the clone (same vocabulary).
+    carried = interop.companion_files(source.path) if source.fmt == 'hf' else []
     interop.save_hf(dst, dst_cfg, jax.device_get(params), overwrite=overwrite,
-                    dtype=dtype or source.dtype or dst_cfg.param_dtype)
+                    dtype=dtype or source.dtype or dst_cfg.param_dtype, copy_files=carried)
   elif with_opt_state:
     opt = optim_lib.widen_opt_state(state.opt_state, plan)
     wide = state.replace(params=params, opt_state=opt)
