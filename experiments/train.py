@@ -33,6 +33,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  distributed.exit_during_startup(_PREEMPT_RC.value)
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_DIST.value,
                          cpu_collectives=_CPU_COLL.value)
   from hyperinit.train import train_and_evaluate  # after distributed init

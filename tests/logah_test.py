@@ -303,6 +303,24 @@ def test_default_ghn_parameter_count():
   assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == 2_484_904
 
 
+def test_meta_optimizer_is_optax_clipped_adamw(small_params):
+  """The GHN's optimizer is the project's one make_optimizer; with no muP multipliers its
+  updates equal optax's clip + adamw bit for bit (3 steps, clipping active)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  mc = meta.MetaConfig(lr=1e-2, clip=0.5, warmup_steps=1, total_steps=10)
+  ours = meta._optimizer(mc)  # pylint: disable=protected-access
+  ref = optax.chain(optax.clip_by_global_norm(mc.clip),
+                    optax.adamw(meta.make_schedule(mc), weight_decay=mc.weight_decay))
+  p_a = p_b = small_params
+  s_a, s_b = ours.init(p_a), ref.init(p_b)
+  for k in range(3):
+    g = jax.tree.map(lambda x, k=k: jnp.sin(x * (k + 2.0)) * 10.0, p_a)
+    u_a, s_a = ours.update(g, s_a, p_a)
+    u_b, s_b = ref.update(g, s_b, p_b)
+    jax.tree.map(np.testing.assert_array_equal, u_a, u_b)
+    p_a, p_b = optax.apply_updates(p_a, u_a), optax.apply_updates(p_b, u_b)
+
+
 def test_bad_ghn_configs_raise():
   with pytest.raises(ValueError, match='decoder'):
     ghn_lib.GHNConfig(decoder='ghn2')

@@ -98,9 +98,11 @@ def _assert_same(run, ref):
   assert set(r['step'] for r in ref_rows) <= set(steps)
 
 
-def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, env, reference):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, env, reference, sig):
+  # Ctrl-C (SIGINT) saves like SIGTERM (a second Ctrl-C would stop without saving).
   workdir = str(tmp_path)
-  rc, err = _interrupt(workdir, env, signal.SIGTERM, after_step=14)
+  rc, err = _interrupt(workdir, env, sig, after_step=14)
   assert rc == 3, err[-3000:]  # clean exit with the status asked for by --preempted_exit_code
   assert 'Traceback' not in err
   assert 'preempted: saved step' in err
@@ -110,6 +112,24 @@ def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, env, reference):
   p = _run(workdir, env)
   assert 'resumed from' in p.stderr and f'at step {stopped}' in p.stderr
   _assert_same(_final(workdir), reference)
+
+
+def test_sigterm_during_startup_exits_with_the_requeue_status(tmp_path, env):
+  # SIGTERM while restoring / compiling (before the loop's watcher is up): the requeue status,
+  # one clear line, no traceback.  Sent as soon as the checkpoint dir exists (setup ran).
+  workdir = str(tmp_path)
+  p = subprocess.Popen(_command(workdir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and p.poll() is None:
+    if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+      p.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.005)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 3, err[-3000:]
+  assert 'Traceback' not in err
+  assert ('SIGTERM during start-up' in err) or ('preempted: saved step' in err), err[-3000:]
 
 
 def test_sigkill_resumes_from_last_checkpoint(tmp_path, env, reference):

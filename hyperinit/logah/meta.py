@@ -32,6 +32,7 @@ from hyperinit import models
 from hyperinit.logah import batching, ghn as ghn_lib
 from hyperinit.logah.graph import build_graph
 from hyperinit.models.config import ModelConfig, ViTConfig
+from hyperinit.mup import optim as mup_optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +58,18 @@ def make_schedule(mc: MetaConfig) -> optax.Schedule:
   return lambda count: base(count + 1)  # the first step already has lr = peak / warmup
 
 
-def make_optimizer(mc: MetaConfig) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(mc.clip),
-                     optax.adamw(make_schedule(mc), weight_decay=mc.weight_decay))
+def _optimizer(mc: MetaConfig) -> optax.GradientTransformation:
+  """The GHN's AdamW (clipped, decoupled decay on every leaf): the one `mup.make_optimizer`,
+  with no muP multipliers, which is exactly optax's clip + adamw."""
+  return mup_optim.make_optimizer('adamw', make_schedule(mc), None, grad_clip=mc.clip,
+                                  weight_decay=mc.weight_decay)
 
 
 def init_state(ghn_cfg: ghn_lib.GHNConfig, mc: MetaConfig, rng: jax.Array) -> dict[str, Any]:
   """{'step', 'params', 'ema', 'opt_state'}: a plain pytree (checkpointable as is)."""
   params = ghn_lib.init(ghn_cfg, rng)
   return {'step': jnp.zeros((), jnp.int32), 'params': params,
-          'ema': jax.tree.map(jnp.copy, params), 'opt_state': make_optimizer(mc).init(params)}
+          'ema': jax.tree.map(jnp.copy, params), 'opt_state': _optimizer(mc).init(params)}
 
 
 def batch_for(targets: Sequence[ModelConfig], num_graphs: int | None = None) -> jraph.GraphsTuple:
@@ -120,7 +123,7 @@ def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str,
   grad_fn = jax.value_and_grad(meta_loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state['params'], graphs, batch, ghn_cfg=ghn_cfg,
                                    targets=targets, l2=meta_cfg.l2)
-  tx = make_optimizer(meta_cfg)
+  tx = _optimizer(meta_cfg)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   d = jnp.asarray(meta_cfg.ema, jnp.float32)

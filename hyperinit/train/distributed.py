@@ -47,6 +47,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
+def exit_during_startup(preempted_exit_code: int) -> None:
+  """Until the training loop takes over, SIGTERM exits with `preempted_exit_code`
+  (nothing new exists to save during restore or compile, and a job script that
+  requeues on that status requeues) and SIGINT exits 130, each saying so.
+
+  Call it first thing in a main; `PreemptionWatcher` replaces these handlers while
+  steps run (and puts them back after).
+  """
+  def handle(signum, frame):
+    del frame
+    code = preempted_exit_code if signum == signal.SIGTERM else 130
+    logging.warning('%s during start-up (before the first step): nothing new to save, the '
+                    'last checkpoint (if any) stays the resume point; exiting with status %d',
+                    signal.Signals(signum).name, code)
+    raise SystemExit(code)
+  if threading.current_thread() is threading.main_thread():
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, handle)
+
+
 class PreemptionWatcher:
   """Turns SIGTERM into a flag that all processes agree on at a step boundary.
 
@@ -55,7 +75,7 @@ class PreemptionWatcher:
   process stops, saves and exits at the same step.
   """
 
-  def __init__(self, sync_every: int = 10, signals=(signal.SIGTERM,)):
+  def __init__(self, sync_every: int = 10, signals=(signal.SIGTERM, signal.SIGINT)):
     self.sync_every = max(1, int(sync_every))
     self._flag = False
     self._previous = {}
@@ -67,7 +87,12 @@ class PreemptionWatcher:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning('received signal %d: will save a checkpoint and stop at the next step', signum)
+    if signum == signal.SIGINT and self._flag:
+      raise KeyboardInterrupt('second Ctrl-C: stopping without saving')
+    logging.warning('received %s: will save a checkpoint and stop at the next step%s',
+                    signal.Signals(signum).name,
+                    ' (Ctrl-C again to stop at once, without saving)'
+                    if signum == signal.SIGINT else '')
     self._flag = True
 
   def requested(self, step: int) -> bool:
