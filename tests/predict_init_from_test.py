@@ -70,7 +70,7 @@ def test_predict_hf_format_loads_in_transformers(tmp_path):
                                                        attn_implementation='eager',
                                                        output_loading_info=True)
   assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')), info
-  tokens = np.asarray(jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size))
+  tokens = np.array(jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size))  # writable
   model.eval()
   with torch.no_grad():
     theirs = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
