@@ -9,11 +9,10 @@
 See docs/cloning.md ("CLI") and hyperinit/studies/clone_cli.py.
 """
 
-import sys
-
 from absl import app, flags
 
-from hyperinit import checkpoint, cloning
+from experiments import _errors
+from hyperinit import cloning
 from hyperinit.studies import clone_cli as cli
 
 _SRC = flags.DEFINE_string('src', None, 'Trainer workdir / checkpoint dir / step dir, or a '
@@ -55,7 +54,7 @@ def main(argv):
   if missing:
     raise app.UsageError(f'{" and ".join(missing)} required: the checkpoint to clone and where '
                          'to write the clone')
-  try:
+  with _errors.user_errors('clone'):
     src = cli.load_source(_SRC.value, _STEP.value)
     factors = cli.cli_factors(src.cfg, factor=_FACTOR.value, attention=_ATTN.value,
                               embed=_EMBED.value, mlp=_MLP.value, heads=_HEADS.value,
@@ -66,9 +65,6 @@ def main(argv):
                                overwrite=_OVERWRITE.value, with_opt_state=_OPT.value,
                                kv_rule=_KV_RULE.value, tie=_TIE.value,
                                noise_dist=_NOISE.value, dtype=_DTYPE.value, check=_CHECK.value)
-  except (ValueError, TypeError, FileNotFoundError, FileExistsError,
-          checkpoint.CheckpointError) as e:
-    sys.exit(f'clone: error: {e}')
   print(res.summary)
   if res.rel_error is not None:
     print(f'logits: max |clone - source| / max |source| = {res.rel_error:.2e} (fp32)')
@@ -77,4 +73,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

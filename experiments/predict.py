@@ -11,6 +11,7 @@ untrained GHN (seed --seed) is used: useful only for smoke tests.
 from absl import app, flags, logging
 import jax
 
+from experiments import _errors
 from hyperinit import checkpoint, interop, models
 from hyperinit.logah import ghn as ghn_lib, saving
 
@@ -24,6 +25,11 @@ _FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'hf'], 'params director
 
 def main(argv):
   del argv
+  with _errors.user_errors('predict'):
+    _predict()
+
+
+def _predict():
   target = models.get_config(_TARGET.value)
   if _GHN_DIR.value:
     cfg, params = saving.load_ghn(_GHN_DIR.value)
@@ -40,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

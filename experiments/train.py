@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import _errors
 from hyperinit.train import distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file[:variant].',
@@ -34,10 +35,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   distributed.exit_during_startup(_PREEMPT_RC.value)
-  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_DIST.value,
-                         cpu_collectives=_CPU_COLL.value)
-  from hyperinit.train import train_and_evaluate  # after distributed init
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with _errors.user_errors('train', _WORKDIR.value):
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_DIST.value,
+                           cpu_collectives=_CPU_COLL.value)
+    from hyperinit.train import train_and_evaluate  # after distributed init
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info('finished at step %d%s; eval %s', result['step'],
                ' (preempted: rerun to resume)' if result['preempted'] else '', result['eval'])
   if result['preempted']:
@@ -45,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

@@ -13,6 +13,7 @@ GHN is written to WORKDIR/ghn; use it with
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import _errors
 from hyperinit.train import distributed, ghn as train
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/ghn.py:vit_local',
@@ -25,11 +26,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (checkpoints, met
 def main(argv):
   del argv
   distributed.exit_during_startup(0)   # a preempted GHN run also exits 0
-  result = train.train_ghn(_CONFIG.value, _WORKDIR.value)
+  with _errors.user_errors('train_ghn', _WORKDIR.value):
+    result = train.train_ghn(_CONFIG.value, _WORKDIR.value)
   logging.info('stopped at step %d (%s); last eval: %s', result['step'],
                'preempted' if result['preempted'] else 'done' if result['done'] else 'paused',
                result['eval'])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

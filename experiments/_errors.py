@@ -1,0 +1,76 @@
+"""One clear line for the errors a user can cause, in every main; the traceback on --verbose.
+
+    app.run(main, flags_parser=_errors.parse_flags)       # bad --config.<key>: one line
+    with _errors.user_errors('train', workdir):           # bad preset, mesh, optimizer, ...
+      ...
+"""
+
+import os
+import shutil
+import sys
+
+from absl import flags
+from safetensors import SafetensorError
+
+from hyperinit.checkpoint import CheckpointError
+
+# What bad input raises (a missing file, a wrong value, a full or read-only disk, a corrupt
+# checkpoint); anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, CheckpointError, SafetensorError)
+
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, show the full traceback instead of '
+                             'one line.')
+
+
+def parse_flags(argv):
+  """absl's flag parsing, where every failure is one line and exit status 1: a config file
+  whose get_config raises (a bad preset or option: its message, not ml_collections' embedded
+  traceback) and a config override that fails (an unknown `--config.<key>`, a wrong type)."""
+  verbose = any(a in ('--verbose', '--verbose=true', '--verbose=1') for a in argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    why = lines[-1] if len(lines) > 1 and not verbose else ' '.join(lines) if not verbose else str(e)
+    where = lines[0].rstrip(':') if len(lines) > 1 and not verbose else None
+    _fatal(f'{where}: {why}' if where else why)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if verbose:
+      raise
+    _fatal(f'a --config override failed ({type(e).__name__}: {e}): no such field in the '
+           'config, or a value of the wrong type')
+
+
+def _fatal(message: str):
+  sys.stderr.write(f'FATAL Flags parsing error: {message}\n'
+                   'Pass --helpshort or --helpfull to see help on flags; --verbose for more.\n')
+  sys.exit(1)
+
+
+class user_errors:  # pylint: disable=invalid-name
+  """Context manager: a `USER_ERRORS` exception exits with 'PROG: error: MESSAGE' (status 1).
+
+  `workdir`, when this run created it and saved nothing there, is removed, so a failed start
+  leaves nothing behind.  With --verbose the exception propagates with its traceback.
+  """
+
+  def __init__(self, prog: str, workdir: str | None = None):
+    self.prog, self.workdir = prog, workdir
+    self.existed = workdir is not None and os.path.exists(workdir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    if error is None or not isinstance(error, USER_ERRORS) or _VERBOSE.value:
+      return False
+    if self.workdir and not self.existed and not _has_checkpoint(self.workdir):
+      shutil.rmtree(self.workdir, ignore_errors=True)
+    sys.exit(f'{self.prog}: error: {error}' + ('' if isinstance(error, (ValueError, OSError))
+                                               else f' ({type(error).__name__})')
+             + ' [--verbose for the traceback]')
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  ckpts = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))

@@ -1,0 +1,53 @@
+"""Errors a user can cause in the mains: one clear line, non-zero exit, nothing left behind;
+the traceback only with --verbose."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ('--config.data.dataset=synthetic', '--config.data.seq_len=16', '--config.batch_size=4',
+         '--config.num_train_steps=2', '--config.optimizer.warmup_steps=0')
+
+
+def _train(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  return subprocess.run([sys.executable, '-m', 'experiments.train', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _errors_only(stderr):
+  return [l for l in stderr.splitlines() if l.strip() and not l.startswith(('I1', 'W1'))]
+
+
+@pytest.mark.parametrize('args, match', [
+    (('--config=configs/lm.py:huge',), "unknown lm config 'huge'"),
+    (('--config=configs/lm.py:tiny', '--config.nope=3'), "a --config override failed .*'nope'"),
+])
+def test_bad_config_arguments_give_one_flags_line(tmp_path, args, match):
+  p = _train(*args, f'--workdir={tmp_path / "run"}')
+  assert p.returncode == 1
+  assert 'Traceback' not in p.stderr, p.stderr[-2000:]
+  fatal = [l for l in _errors_only(p.stderr) if l.startswith('FATAL')]
+  assert len(fatal) == 1, p.stderr[-2000:]
+  import re  # pylint: disable=g-import-not-at-top
+  assert re.search(match, fatal[0]), fatal[0]
+  assert not (tmp_path / 'run').exists()
+
+
+def test_bad_config_value_one_line_no_workdir_left_and_verbose_traceback(tmp_path):
+  bad = ('--config=configs/lm.py:tiny', *SMALL, '--config.optimizer.name=rmsprop')
+  p = _train(*bad, f'--workdir={tmp_path / "run"}')
+  assert p.returncode == 1
+  assert 'Traceback' not in p.stderr, p.stderr[-2000:]
+  last = _errors_only(p.stderr)[-1]
+  assert last.startswith("train: error: optimizer.name='rmsprop'; expected one of"), last
+  assert '--verbose' in last
+  assert not (tmp_path / 'run').exists()                     # created by this run: removed
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('keep')
+  p = _train(*bad, f'--workdir={tmp_path / "mine"}', '--verbose')
+  assert p.returncode == 1 and 'Traceback' in p.stderr      # --verbose: the traceback
+  assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'   # not ours: untouched
