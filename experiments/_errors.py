@@ -31,9 +31,9 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    why = lines[-1] if len(lines) > 1 and not verbose else ' '.join(lines) if not verbose else str(e)
-    where = lines[0].rstrip(':') if len(lines) > 1 and not verbose else None
-    _fatal(f'{where}: {why}' if where else why)
+    if verbose or len(lines) < 2:
+      _fatal(str(e))
+    _fatal(f'{lines[0].rstrip(":")}: {lines[-1]}')   # where, then the exception's own line
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     if verbose:
       raise
