@@ -227,12 +227,12 @@ def check_destination(src: str, dst: str, overwrite: bool) -> None:
                      'delete the source; pick another --dst')
   if os.path.isdir(dst) and os.listdir(dst):
     entries = sorted(os.listdir(dst))
+    held = ', '.join(entries[:5]) + (', ...' if len(entries) > 5 else '')
     if not overwrite:
       raise FileExistsError(f'--dst {dst!r} exists and is not empty; pass --overwrite to '
-                            f'replace it (it holds {", ".join(entries[:5])}'
-                            f'{", ..." if len(entries) > 5 else ""})')
-    logging.warning('--overwrite: replacing %s (%d entries: %s%s) once the clone is written',
-                    dst, len(entries), ', '.join(entries[:5]), ', ...' if len(entries) > 5 else '')
+                            f'replace it (it holds {held})')
+    logging.warning('--overwrite: replacing %s (%d entries: %s) once the clone is written',
+                    dst, len(entries), held)
 
 
 # --- the whole thing -----------------------------------------------------------------------
