@@ -1,26 +1,34 @@
-"""HyperCloning at small scale: speedup over random init, variant ablation, symmetry, seeds.
+"""HyperCloning at the paper's horizon (random init trained until it passes the source).
 
-    python -m experiments.clone_experiment --config=configs/clone.py:experiment --workdir=DIR
+    python -m experiments.clone_experiment --workdir=workdir/clone_experiment
 
-Same pipeline as `make demo` (hyperinit.studies.clone_experiment) over several seeds and clone
-variants plus a symmetric clone trained with dropout; the report (mean ± std over seeds)
-goes to DIR/report.md with loss_curves.png and symmetry.png.
+Sources 2 x 32 and 2 x 64, clones x2 and x4, every variant, 3 seeds, plus the warm-up study
+(configs/clone_horizon.py); report.md, curves.png and results.json (committed as
+docs/results/clone_experiment.json) go to --workdir.  A rerun skips finished runs.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperinit.studies import clone_experiment as experiment
+from hyperinit.studies import clone_experiment, clone_horizon
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone.py:experiment',
-                                          'Clone config[:variant].', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone_horizon.py',
+                                          'Horizon config[:preset].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/clone_experiment', 'Runs and report.')
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  experiment.main(_CONFIG.value, _WORKDIR.value, 'python -m experiments.clone_experiment')
+  config = _CONFIG.value
+  with config.unlocked():
+    config.command = ' '.join(['python -m experiments.clone_experiment'] + sys.argv[1:])
+  try:
+    clone_horizon.run(config, _WORKDIR.value)
+  except clone_experiment.CloneCheckError as e:
+    sys.exit(f'FAILED: {e}')
 
 
 if __name__ == '__main__':

@@ -37,9 +37,10 @@ def test_configs():
   demo = clone_configs.get_config()
   assert demo.seeds == (0,) and demo.variants == ('noisy_symmetric',)
   assert demo.clone.factor == 2 and demo.target.model.name == demo.source.model.name
-  exp = clone_configs.get_config('experiment')
-  assert len(exp.seeds) == 3 and set(exp.variants) == set(plan_lib.VARIANTS)
-  assert exp.target.num_train_steps == demo.target.num_train_steps
+  assert set(clone_configs.ALL_VARIANTS) == set(plan_lib.VARIANTS)
+  # the horizon: the destination trains twice the source's steps (random init passes it)
+  assert demo.target.num_train_steps == 2 * demo.source.num_train_steps
+  assert demo.source.model.embed_dim == 32 and demo.source.model.mlp_dim == 128
   with pytest.raises(ValueError, match="unknown clone config 'nope'"):
     clone_configs.get_config('nope')
 

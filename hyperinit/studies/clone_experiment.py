@@ -75,12 +75,12 @@ class RunRecord:
     return self.evals[-1][1]
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
   print(msg, flush=True)
 
 
 def banner(msg: str) -> None:
-  _say(f'\n===== {msg} =====')
+  say(f'\n===== {msg} =====')
 
 
 class _DropInfo:
@@ -122,12 +122,12 @@ def _train(name: str, config: Any, workdir: str, **kw) -> float:
   """train_and_evaluate with a banner; returns wall seconds (0 when already complete)."""
   steps = int(config.num_train_steps)
   if _done(workdir, steps):
-    _say(f'{name}: already trained ({workdir}); reusing it')
+    say(f'{name}: already trained ({workdir}); reusing it')
     return 0.0
   t = time.perf_counter()
   loop.train_and_evaluate(config, workdir, **kw)
   wall = time.perf_counter() - t
-  _say(f'{name}: {steps} steps in {wall:.0f} s')
+  say(f'{name}: {steps} steps in {wall:.0f} s')
   return wall
 
 
@@ -190,21 +190,34 @@ def _symmetry(plan: plan_lib.ClonePlan) -> Callable[[Any], Any]:
   return lambda params: {'symmetry/overall': fn(params)['symmetry/overall']}
 
 
-def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None]) -> dict[str, Any]:
-  """Source, clones, random baseline for one seed; returns records and checks."""
+def train_source(config: Any, workdir: str, seed: int,
+                 stage: Callable[[str], None]) -> tuple[cli.Source, RunRecord]:
+  """Trains (or reuses) the source model of `config.source` in `workdir`; returns it."""
+  src_conf = _with(config.source, seed=seed)
+  stage(f'train the source model (seed {seed})')
+  wall = _train('source', src_conf, workdir)
+  steps = int(src_conf.num_train_steps)
+  rec = _record('source', 'source', seed, '', 0.0, workdir, steps, wall)
+  src_cfg, src_params = ckpt_lib.load_params(workdir)
+  return cli.Source(src_cfg, src_params, 'orbax', workdir, steps), rec
+
+
+def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
+                 stage: Callable[[str], None], random_dir: str | None = None,
+                 train_random: bool = True) -> dict[str, Any]:
+  """Clones `src` (`config.clone`), checks the logits, trains each clone run and random init.
+
+  Clone inits and runs go to `workdir`; the random-init run to `random_dir`
+  (default `workdir/random`), trained only when `train_random` (otherwise an
+  already trained run there is read: arms that share a baseline).
+  Returns {'runs': [RunRecord] (clones, then random), 'checks', 'dst_cfg', 'plan'}.
+  """
   os.makedirs(workdir, exist_ok=True)
   src_conf = _with(config.source, seed=seed)
-  src_dir = os.path.join(workdir, 'source')
-  stage(f'train the source model (seed {seed})')
-  wall = _train('source', src_conf, src_dir)
-  runs = [_record('source', 'source', seed, '', 0.0, src_dir, int(src_conf.num_train_steps), wall)]
-  src_cfg, src_params = ckpt_lib.load_params(src_dir)
-  src = cli.Source(src_cfg, src_params, 'orbax', src_dir, int(src_conf.num_train_steps))
-  inputs = validation_inputs(src_conf, src_cfg)
-  checks, plan_any, dst_any = [], None, None
-  clone_runs = _clone_runs(config, seed)
-  clones = {}
-  for variant, rate in clone_runs:
+  inputs = validation_inputs(src_conf, src.cfg)
+  checks, runs, clones = [], [], {}
+  plan_any = dst_any = None
+  for variant, rate in _clone_runs(config, seed):
     name = variant + (f'+dropout{rate:g}' if rate else '')
     init_dir = os.path.join(workdir, f'init_{variant}')
     if variant not in clones:
@@ -214,9 +227,9 @@ def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None])
                                  snr_db=float(config.clone.snr_db), seed=seed, fmt='orbax',
                                  overwrite=True, kv_rule=config.clone.kv_rule,
                                  tie=config.clone.tie, check=False)
-      err = cli.logits_relative_error(src_cfg, src_params, res.dst_cfg, res.params, inputs)
-      _say(res.summary)
-      _say(f'logits on {inputs.shape[0]}x{inputs.shape[1]} validation tokens: max |clone - '
+      err = cli.logits_relative_error(src.cfg, src.params, res.dst_cfg, res.params, inputs)
+      say(res.summary)
+      say(f'logits on {inputs.shape[0]}x{inputs.shape[1]} validation tokens: max |clone - '
            f'source| / max |source| = {err:.2e} (tolerance {config.logits_rtol:g}) '
            f'[{time.perf_counter() - t:.1f} s]')
       if not err <= float(config.logits_rtol):
@@ -235,12 +248,25 @@ def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None])
     runs.append(_record(name, 'clone', seed, variant, rate, run_dir,
                         int(conf.num_train_steps), wall))
   rconf = _with(random_config(config.target, config.source.model, dst_any), seed=seed)
-  run_dir = os.path.join(workdir, 'random')
-  stage(f'train the random-init model of the same width (seed {seed})')
-  wall = _train('random', rconf, run_dir, eval_metrics_fn=_symmetry(plan_any))
-  runs.append(_record('random', 'random', seed, '', 0.0, run_dir, int(rconf.num_train_steps),
-                      wall))
-  return {'runs': runs, 'checks': checks, 'src_cfg': src_cfg, 'dst_cfg': dst_any}
+  random_dir = random_dir or os.path.join(workdir, 'random')
+  steps = int(rconf.num_train_steps)
+  wall = 0.0
+  if train_random:
+    stage(f'train the random-init model of the same width (seed {seed})')
+    wall = _train('random', rconf, random_dir, eval_metrics_fn=_symmetry(plan_any))
+  elif not _done(random_dir, steps):
+    raise ValueError(f'the shared random-init baseline {random_dir} is not trained '
+                     f'({steps} steps): train the arm that owns it first')
+  runs.append(_record('random', 'random', seed, '', 0.0, random_dir, steps, wall))
+  return {'runs': runs, 'checks': checks, 'dst_cfg': dst_any, 'plan': plan_any}
+
+
+def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None]) -> dict[str, Any]:
+  """Source, clones, random baseline for one seed; returns records and checks."""
+  src, src_rec = train_source(config, os.path.join(workdir, 'source'), seed, stage)
+  out = train_clones(config, src, workdir, seed, stage)
+  return {'runs': [src_rec] + out['runs'], 'checks': out['checks'], 'src_cfg': src.cfg,
+          'dst_cfg': out['dst_cfg']}
 
 
 def _clone_runs(config: Any, seed: int) -> list[tuple[str, float]]:
@@ -264,7 +290,7 @@ def _n_stages(config: Any, seed: int) -> int:
   return 2 + len({v for v, _ in runs}) + len(runs)
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
   """User + system CPU seconds of this process (all threads): a load-independent cost."""
   import resource  # pylint: disable=g-import-not-at-top
   r = resource.getrusage(resource.RUSAGE_SELF)
@@ -278,7 +304,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   Raises CloneCheckError when a clone does not preserve the logits.
   """
   quiet_logs()
-  t0, cpu0 = time.perf_counter(), _cpu_seconds()
+  t0, cpu0 = time.perf_counter(), cpu_seconds()
   workdir = os.path.abspath(workdir)   # orbax refuses relative checkpoint paths
   seeds = [int(s) for s in config.seeds]
   n_stages = 2 + sum(_n_stages(config, s) for s in seeds)
@@ -291,7 +317,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   stage('prepare the data')
   t = time.perf_counter()
   info = tasks.dataset_info(config.source)
-  _say(f'dataset {config.source.data.dataset}: '
+  say(f'dataset {config.source.data.dataset}: '
        + (f'vocab {info.vocab_size}, splits {dict(info.num_examples)}' if info is not None
           else 'synthetic') + f' [{time.perf_counter() - t:.1f} s]')
   per_seed = {}
@@ -301,9 +327,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   stage('write the report')
   any_seed = per_seed[seeds[0]]
   results = report.summarize(config, per_seed, any_seed['src_cfg'], any_seed['dst_cfg'],
-                             wall_s=time.perf_counter() - t0, cpu_s=_cpu_seconds() - cpu0)
+                             wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - cpu0)
   report.write_report(workdir, results)
-  _say(report.console_summary(results, workdir))
+  say(report.console_summary(results, workdir))
   return results
 
 
@@ -313,7 +339,8 @@ def load_results(workdir: str) -> dict[str, Any]:
 
 
 __all__ = ['CloneCheckError', 'RunRecord', 'banner', 'clone_factors', 'load_results',
-           'random_config', 'run', 'run_seed', 'validation_inputs']
+           'random_config', 'run', 'run_seed', 'train_clones', 'train_source',
+           'validation_inputs']
 
 
 def main(config: Any, workdir: str, command: str) -> None:

@@ -59,7 +59,7 @@ def _ms(xs: Sequence[float]) -> tuple[float, float]:
   return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-def _fmt_ms(xs: Sequence[float], prec: int = 3) -> str:
+def fmt_ms(xs: Sequence[float], prec: int = 3) -> str:
   if not xs:
     return 'n/a'
   m, s = _ms(xs)
@@ -70,7 +70,7 @@ def _speedup_cell(xs: Sequence[dict[str, Any]], key: str) -> str:
   """mean ± std over seeds, or the per-seed values when one is unbounded / below 1."""
   vals = [x[key] for x in xs]
   if all(v is not None for v in vals):
-    return _fmt_ms(vals, 2) + '×'
+    return fmt_ms(vals, 2) + '×'
   per_seed = ['< 1 (never reaches L_R)' if x['status'] == 'not_reached' else
               '∞ (never above L_R)' if x[key] is None else f'{x[key]:.2f}×' for x in xs]
   return 'per seed: ' + ', '.join(per_seed)
@@ -136,7 +136,7 @@ def _color(name: str) -> str:
   return _COLORS.get(name.split('+')[0], 'tab:purple')
 
 
-def _mean_curve(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
   vals = np.array([[dict(c)[s] for s in steps] for c in curves])
   return np.array(steps), vals.mean(0), vals.min(0), vals.max(0)
@@ -149,12 +149,12 @@ def plot_losses(results: dict[str, Any], path: str) -> None:
   names = [n for n in dict.fromkeys(r['name'] for r in runs) if n != 'source']
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=110,
                              gridspec_kw={'width_ratios': [1, 2]})
-  st, m, lo, hi = _mean_curve([r['evals'] for r in runs if r['name'] == 'source'])
+  st, m, lo, hi = mean_curve([r['evals'] for r in runs if r['name'] == 'source'])
   a.plot(st, m, 'o-', ms=3, color=_color('source'))
   a.fill_between(st, lo, hi, color=_color('source'), alpha=0.2)
   a.set_title(f'(a) source {_arch(results["src_cfg"])}', fontsize=9)
   for name in names:
-    st, m, lo, hi = _mean_curve([r['evals'] for r in runs if r['name'] == name])
+    st, m, lo, hi = mean_curve([r['evals'] for r in runs if r['name'] == name])
     b.plot(st, m, marker='o' if name == 'random' else '.', ms=3, color=_color(name),
            ls='--' if '+dropout' in name else '-', label=name + (' init' if name == 'random'
                                                                   else ' clone'))
@@ -185,7 +185,7 @@ def plot_symmetry(results: dict[str, Any], path: str) -> None:
   runs = [r for r in results['runs'] if r['symmetry']]
   fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
   for name in dict.fromkeys(r['name'] for r in runs):
-    st, m, lo, hi = _mean_curve([r['symmetry'] for r in runs if r['name'] == name])
+    st, m, lo, hi = mean_curve([r['symmetry'] for r in runs if r['name'] == name])
     ax.plot(st, m, marker='.', color=_color(name), ls='--' if '+dropout' in name else '-',
             label=name + (' (init)' if name == 'random' else ''))
     if len(results['seeds']) > 1:
@@ -215,20 +215,20 @@ def results_table(results: dict[str, Any]) -> str:
     xs = [r for r in rows if r['name'] == name]
     ts = [r['t_clone'] for r in xs if r['t_clone'] is not None]
     adj = [r['adjusted'] for r in xs if r['adjusted'] is not None]
-    sym = (f'{_fmt_ms([r["sym_start"] for r in xs], 2)} → '
-           f'{_fmt_ms([r["sym_end"] for r in xs], 3)}'
+    sym = (f'{fmt_ms([r["sym_start"] for r in xs], 2)} → '
+           f'{fmt_ms([r["sym_end"] for r in xs], 3)}'
            if xs[0]['sym_start'] is not None else 'n/a')
-    out.append(f'| {name} clone | {len(xs)} | {_fmt_ms([r["start_loss"] for r in xs])} | '
-               f'{_fmt_ms([r["final_loss"] for r in xs])} | '
-               f'{_fmt_ms(ts, 0) if len(ts) == len(xs) else "not reached"} | '
+    out.append(f'| {name} clone | {len(xs)} | {fmt_ms([r["start_loss"] for r in xs])} | '
+               f'{fmt_ms([r["final_loss"] for r in xs])} | '
+               f'{fmt_ms(ts, 0) if len(ts) == len(xs) else "not reached"} | '
                f'{_speedup_cell(xs, "speedup")} | '
-               f'{_fmt_ms(adj, 2) + "×" if len(adj) == len(xs) else "n/a"} | {sym} |')
+               f'{fmt_ms(adj, 2) + "×" if len(adj) == len(xs) else "n/a"} | {sym} |')
   rnd = [r for r in results['runs'] if r['name'] == 'random']
   rsym = [r['symmetry'][-1][1] for r in rnd if r['symmetry']]
-  out.append(f'| random init | {len(rnd)} | {_fmt_ms([r["evals"][0][1] for r in rnd])} | '
-             f'{_fmt_ms([r["evals"][-1][1] for r in rnd])} | '
-             f'{_fmt_ms(list({r["seed"]: r["t_random"] for r in rows}.values()), 0)} '
-             f'(t_random) | 1× | — | {_fmt_ms(rsym, 3) if rsym else "n/a"} |')
+  out.append(f'| random init | {len(rnd)} | {fmt_ms([r["evals"][0][1] for r in rnd])} | '
+             f'{fmt_ms([r["evals"][-1][1] for r in rnd])} | '
+             f'{fmt_ms(list({r["seed"]: r["t_random"] for r in rows}.values()), 0)} '
+             f'(t_random) | 1× | — | {fmt_ms(rsym, 3) if rsym else "n/a"} |')
   return head + '\n'.join(out) + '\n'
 
 
@@ -270,7 +270,7 @@ def render(results: dict[str, Any]) -> str:
       '', '## Setup', '',
       f'- **Source**: {_arch(src)}, {r0["src_params"]:,} params, trained {r0["source_steps"]} '
       f'steps (same optimizer settings, its own schedule); final validation loss '
-      f'{_fmt_ms(src_final)}.',
+      f'{fmt_ms(src_final)}.',
       f'- **Clone**: factors {cl.get("factor")}x ({cl.get("attention")}), variants '
       f'{", ".join(r0["variants"])}, noise {cl.get("snr_db")} dB SNR; destination {_arch(dst)}, '
       f'{r0["dst_params"]:,} params. Logits check (fp32, validation tokens): '
@@ -313,16 +313,16 @@ def console_summary(results: dict[str, Any], workdir: str) -> str:
   for name in dict.fromkeys(r['name'] for r in results['rows']):
     xs = [r for r in results['rows'] if r['name'] == name]
     out.append(f'{name} clone: speedup {_speedup_cell(xs, "speedup")} to reach the random '
-               f'model\'s final validation loss {_fmt_ms([r["random_final"] for r in xs])} '
-               f'(t_clone {_fmt_ms([r["t_clone"] or 0 for r in xs], 0)} vs t_random '
-               f'{_fmt_ms([r["t_random"] for r in xs], 0)} steps; compute-adjusted incl. the '
+               f'model\'s final validation loss {fmt_ms([r["random_final"] for r in xs])} '
+               f'(t_clone {fmt_ms([r["t_clone"] or 0 for r in xs], 0)} vs t_random '
+               f'{fmt_ms([r["t_random"] for r in xs], 0)} steps; compute-adjusted incl. the '
                f'source\'s {results["source_steps"]} steps: '
-               f'{_fmt_ms([r["adjusted"] for r in xs if r["adjusted"] is not None], 2)}×)')
+               f'{fmt_ms([r["adjusted"] for r in xs if r["adjusted"] is not None], 2)}×)')
   out.append(f'report: {os.path.join(workdir, "report.md")} (+ loss_curves.png, symmetry.png, '
              f'results.json); total {results["wall_s"]:.0f} s'
              + (f', {results["cpu_s"]:.0f} CPU-s' if results.get('cpu_s') is not None else ''))
   return '\n'.join(out)
 
 
-__all__ = ['DEFINITIONS', 'console_summary', 'plot_losses', 'plot_symmetry', 'render',
+__all__ = ['DEFINITIONS', 'console_summary', 'fmt_ms', 'mean_curve', 'plot_losses', 'plot_symmetry', 'render',
            'results_table', 'steps_to_stay_below', 'summarize', 'write_report']
