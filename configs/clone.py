@@ -91,6 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.snr_db = 10.0                 # noise of the noisy variants (paper: 10 dB)
   c.kv_rule = 'auto'              # GQA/MQA kv-head rule (cloning.KV_RULES)
   c.tie = 'keep'                  # tied embeddings: keep (final norm / n) | untie
+  # True: also widen the source's Adam moments and *resume* its run at the wider size
+  # (step counter and data position continue; the schedule is re-planned over source + target
+  # steps, so there is no second warm-up); curves are reported from the resume step on
+  c.with_opt_state = False
 
   d = cfg.dropout = ml_collections.ConfigDict()
   d.variants = ('symmetric',) if p.dropout_seeds else ()   # clones also trained with dropout

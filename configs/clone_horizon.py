@@ -13,7 +13,7 @@ sources) beside a random-init model of each destination architecture:
                            smaller one" (same destination as f4, shares f4's random baseline)
   ws_*   the warm-up study on f2's noisy symmetric clone (seed 0): what tames the loss spike of
          the clone's first steps (shorter / no warm-up, lower peak LR, muP with the source as
-         base); shares f2's random baseline.
+         base, widened Adam moments resuming the source's run); shares f2's random baseline.
 
 Each arm is an ordinary configs/clone.py experiment config (one source, one factor) built by
 `arm_config`; `target` overrides are 'dotted.key=value' pairs on the trainer config.
@@ -38,7 +38,8 @@ class Preset:
   widths: tuple[int, int]          # small and big source embed widths (2 layers, 4 heads)
   study_seeds: tuple[int, ...]     # seeds of the warm-up study arms
   variants: tuple[str, ...] = clone.ALL_VARIANTS   # variants of the f2 and f4 arms
-  study: tuple[str, ...] = ('ws_warmup1pct', 'ws_no_warmup', 'ws_lr_third', 'ws_mup_source_base')
+  study: tuple[str, ...] = ('ws_warmup1pct', 'ws_no_warmup', 'ws_lr_third', 'ws_mup_source_base',
+                            'ws_widen_opt_state')
   seq_len: int = 128
   batch: int = 16
   smoke: bool = False
@@ -49,14 +50,15 @@ PRESETS = {
                          widths=(32, 64), study_seeds=(0,)),
     'smoke': Preset(seeds=(0,), source_steps=8, target_steps=8, eval_every=4, widths=(16, 32),
                     study_seeds=(0,), variants=('noisy_symmetric', 'diagonal'),
-                    study=('ws_no_warmup', 'ws_mup_source_base'), seq_len=32, batch=8,
+                    study=('ws_mup_source_base', 'ws_widen_opt_state'), seq_len=32, batch=8,
                     smoke=True),
 }
 
 
 def _arm(source: str, factor: int, variants: tuple[str, ...], baseline: str = '',
          target: str = '', seeds: tuple[int, ...] | None = None,
-         mup_source_base: bool = False) -> ml_collections.ConfigDict:
+         mup_source_base: bool = False,
+         with_opt_state: bool = False) -> ml_collections.ConfigDict:
   a = ml_collections.ConfigDict()
   a.source = source                # a key of config.sources
   a.factor = factor                # clone factor (embed, mlp, heads)
@@ -65,6 +67,7 @@ def _arm(source: str, factor: int, variants: tuple[str, ...], baseline: str = ''
   a.target = target                # 'key=value,...' trainer overrides of the clone runs
   a.seeds = common.P(tuple) if seeds is None else seeds   # None: every seed
   a.mup_source_base = mup_source_base   # train the clone under muP with the source as base
+  a.with_opt_state = with_opt_state     # widen the Adam moments and resume the source's run
   return a
 
 
@@ -102,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'ws_no_warmup': _arm('small', 2, ns, 'f2', 'optimizer.warmup_steps=0', p.study_seeds),
       'ws_lr_third': _arm('small', 2, ns, 'f2', 'optimizer.learning_rate=0.001', p.study_seeds),
       'ws_mup_source_base': _arm('small', 2, ns, 'f2', '', p.study_seeds, mup_source_base=True),
+      'ws_widen_opt_state': _arm('small', 2, ns, 'f2', '', p.study_seeds, with_opt_state=True),
   }
   cfg.arms = ml_collections.ConfigDict({
       'f2': _arm('small', 2, p.variants),

@@ -88,7 +88,7 @@ def test_smoke_runs_every_arm_and_shares_sources_and_baselines(smoke):
     assert os.path.getsize(os.path.join(workdir, f)) > 0
   got = {(r['arm'], r['variant']) for r in res['records']}
   assert got == {('f2', 'noisy_symmetric'), ('f2', 'diagonal'), ('f4', 'noisy_symmetric'),
-                 ('big_f2', 'noisy_symmetric'), ('ws_no_warmup', 'noisy_symmetric'),
+                 ('big_f2', 'noisy_symmetric'), ('ws_widen_opt_state', 'noisy_symmetric'),
                  ('ws_mup_source_base', 'noisy_symmetric')}
   sdir = os.path.join(workdir, 'seed_0')
   assert sorted(d for d in os.listdir(sdir) if d.startswith('source')) == [
@@ -114,6 +114,12 @@ def test_smoke_numbers_recomputed_from_the_runs(smoke):
     clone = _evals(os.path.join(sdir, r['arm'], r['variant']))
     rnd = _evals(os.path.join(sdir, res['arms'][r['arm']]['baseline'] or r['arm'], 'random'))
     src = _evals(os.path.join(sdir, f'source_{r["source"]}'))
+    if r['arm'] == 'ws_widen_opt_state':
+      # resumed at the source's step S: reported from S on, starting at the source's final loss
+      s0 = res['source_steps']
+      assert clone[0][0] > s0 and ckpt_lib.read_meta(os.path.join(
+          sdir, r['arm'], r['variant'], 'checkpoints'))['step'] == s0 + res['target_steps']
+      clone = [(0, src[-1][1])] + [(st - s0, v) for st, v in clone]
     assert r['clone_curve'] == [list(p) for p in clone]
     # function preserved at step 0, the muP continuation included (fold_multipliers)
     assert clone[0][1] == pytest.approx(src[-1][1], abs=2e-5), r['arm']

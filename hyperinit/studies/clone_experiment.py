@@ -30,6 +30,7 @@ from absl import logging
 
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
+from hyperinit.cloning import config as clone_config_lib
 from hyperinit.cloning import factors as factors_lib
 from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning.symmetry import symmetry_fn
@@ -111,11 +112,15 @@ def _record(name, kind, seed, variant, dropout, workdir, steps, wall) -> RunReco
   return RunRecord(name, kind, seed, variant, dropout, workdir, steps, ev, sym, tr, wall)
 
 
-def _done(workdir: str, steps: int) -> bool:
+def _latest(workdir: str) -> int | None:
   ck = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(ck):
-    return False
-  return ckpt_lib.Checkpointer(ck, read_only=True).latest_step() == steps
+    return None
+  return ckpt_lib.Checkpointer(ck, read_only=True).latest_step()
+
+
+def _done(workdir: str, steps: int) -> bool:
+  return _latest(workdir) == steps
 
 
 def _train(name: str, config: Any, workdir: str, **kw) -> float:
@@ -204,12 +209,15 @@ def train_source(config: Any, workdir: str, seed: int,
 
 def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
                  stage: Callable[[str], None], random_dir: str | None = None,
-                 train_random: bool = True) -> dict[str, Any]:
+                 train_random: bool = True, src_final: float | None = None) -> dict[str, Any]:
   """Clones `src` (`config.clone`), checks the logits, trains each clone run and random init.
 
   Clone inits and runs go to `workdir`; the random-init run to `random_dir`
   (default `workdir/random`), trained only when `train_random` (otherwise an
-  already trained run there is read: arms that share a baseline).
+  already trained run there is read: arms that share a baseline).  With
+  `config.clone.with_opt_state` each clone run resumes the source's run wider;
+  its curve is reported from the resume step, starting at `src_final` (the
+  source's final validation loss: the clone computes the same function).
   Returns {'runs': [RunRecord] (clones, then random), 'checks', 'dst_cfg', 'plan'}.
   """
   os.makedirs(workdir, exist_ok=True)
@@ -219,34 +227,55 @@ def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
   plan_any = dst_any = None
   for variant, rate in _clone_runs(config, seed):
     name = variant + (f'+dropout{rate:g}' if rate else '')
-    init_dir = os.path.join(workdir, f'init_{variant}')
-    if variant not in clones:
+    resume = bool(config.clone.get('with_opt_state'))
+    run_dir = os.path.join(workdir, name)
+    # a resumed run's clone is its own workdir (widened TrainState at the source's step)
+    init_dir = run_dir if resume else os.path.join(workdir, f'init_{variant}')
+    # a resumed run already holds its clone (and maybe progress): never clone over it
+    if variant not in clones and not (resume and _latest(run_dir) is not None):
       stage(f'clone {config.clone.factor}x ({variant}, seed {seed}) and check the logits')
       t = time.perf_counter()
       res = cli.clone_checkpoint(src, init_dir, clone_factors(config.clone), variant=variant,
                                  snr_db=float(config.clone.snr_db), seed=seed, fmt='orbax',
                                  overwrite=True, kv_rule=config.clone.kv_rule,
-                                 tie=config.clone.tie, check=False)
+                                 tie=config.clone.tie, check=False, with_opt_state=resume)
       err = cli.logits_relative_error(src.cfg, src.params, res.dst_cfg, res.params, inputs)
       say(res.summary)
       say(f'logits on {inputs.shape[0]}x{inputs.shape[1]} validation tokens: max |clone - '
-           f'source| / max |source| = {err:.2e} (tolerance {config.logits_rtol:g}) '
-           f'[{time.perf_counter() - t:.1f} s]')
+          f'source| / max |source| = {err:.2e} (tolerance {config.logits_rtol:g}) '
+          f'[{time.perf_counter() - t:.1f} s]')
       if not err <= float(config.logits_rtol):
         raise CloneCheckError(f'the {variant} clone is NOT function-preserving: max relative '
                               f'logit error {err:.3g} > {config.logits_rtol:g}')
       checks.append({'variant': variant, 'seed': seed, 'rel_error': err})
       clones[variant] = res
+    if variant not in clones:   # a started resumed run: plan it again (no clone needed)
+      plan, dst_cfg = clone_config_lib.plan_model(src.cfg, clone_factors(config.clone), variant,
+                                          float(config.clone.snr_db), kv_rule=config.clone.kv_rule,
+                                          tie=config.clone.tie)
+      clones[variant] = cli.CloneResult(src, run_dir, 'orbax', dst_cfg, plan, None, None, '')
     res = clones[variant]
     plan_any, dst_any = res.plan, res.dst_cfg
-    conf = _with(config.target, seed=seed, init_from=init_dir, **{'model.name': 'init_from'})
+    if resume:
+      steps = src.step + int(config.target.num_train_steps)
+      conf = _with(config.target, seed=seed, init_from='', num_train_steps=steps,
+                   **{'model.name': 'init_from', 'checkpoint.every': steps,
+                      'optimizer.warmup_steps': int(config.source.optimizer.warmup_steps)})
+    else:
+      conf = _with(config.target, seed=seed, init_from=init_dir, **{'model.name': 'init_from'})
     if rate:
       conf.model.dropout_rate = rate
-    run_dir = os.path.join(workdir, name)
     stage(f'train the clone ({name}, seed {seed})')
     wall = _train(name, conf, run_dir, eval_metrics_fn=_symmetry(res.plan))
-    runs.append(_record(name, 'clone', seed, variant, rate, run_dir,
-                        int(conf.num_train_steps), wall))
+    rec = _record(name, 'clone', seed, variant, rate, run_dir, int(conf.num_train_steps), wall)
+    if resume:   # steps from the resume; step 0 is the source's final loss (same function)
+      if src_final is None:
+        raise ValueError('config.clone.with_opt_state: train_clones needs src_final')
+      rec.evals = [(0, src_final)] + [(s - src.step, v) for s, v in rec.evals if s > src.step]
+      rec.symmetry = [(s - src.step, v) for s, v in rec.symmetry]
+      rec.train = [(s - src.step, v) for s, v in rec.train]
+      rec.steps -= src.step
+    runs.append(rec)
   rconf = _with(random_config(config.target, config.source.model, dst_any), seed=seed)
   random_dir = random_dir or os.path.join(workdir, 'random')
   steps = int(rconf.num_train_steps)
@@ -264,7 +293,7 @@ def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
 def run_seed(config: Any, workdir: str, seed: int, stage: Callable[[str], None]) -> dict[str, Any]:
   """Source, clones, random baseline for one seed; returns records and checks."""
   src, src_rec = train_source(config, os.path.join(workdir, 'source'), seed, stage)
-  out = train_clones(config, src, workdir, seed, stage)
+  out = train_clones(config, src, workdir, seed, stage, src_final=src_rec.final_loss)
   return {'runs': [src_rec] + out['runs'], 'checks': out['checks'], 'src_cfg': src.cfg,
           'dst_cfg': out['dst_cfg']}
 

@@ -66,6 +66,7 @@ def arm_config(config: Any, name: str, source_dir: str | None = None) -> Any:
   c.variants = tuple(arm.variants)
   for k, v in parse_overrides(arm.target).items():
     _set(c.target, k, v)
+  c.clone.with_opt_state = bool(arm.get('with_opt_state', False))
   if arm.mup_source_base:
     c.target.mup.enabled = True
     c.target.mup.base.name = source_dir or '<source workdir>'
@@ -122,7 +123,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       rdir = os.path.join(sdir, arm.baseline or name, 'random')
       out = experiment.train_clones(c, src, adir, seed,
                                     lambda m, n=name: stage(f'[{n}] {m}'), random_dir=rdir,
-                                    train_random=not arm.baseline)
+                                    train_random=not arm.baseline, src_final=src_rec.final_loss)
       per_arm[name][seed] = {'runs': [src_rec] + out['runs'], 'checks': out['checks'],
                              'src_cfg': src.cfg, 'dst_cfg': out['dst_cfg']}
   arm_results = {}
