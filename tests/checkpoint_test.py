@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_testing
-from hyperinit import checkpoint, models
+from hyperinit import _checksums, checkpoint, models
 from hyperinit.train import loop, step as step_lib
 
 
@@ -62,6 +62,7 @@ def test_restore_onto_another_mesh_and_device_count(fsdp_run):
   other = _copy(os.path.join(workdir, 'checkpoints'), os.path.join(workdir, '..', 'other_pc'))
   os.rename(os.path.join(other, '6', 'data', 'process_0-of-1.json'),
             os.path.join(other, '6', 'data', 'process_0-of-2.json'))
+  _checksums.write(os.path.join(other, '6'))   # as a 2-process save records it
   it2 = iter(loop.tasks.make_loader(config, s.task, 'train', train=True, seed=0))
   with pytest.raises(checkpoint.CheckpointError, match='no data-iterator state for process 0 of 1'):
     checkpoint.Checkpointer(other, read_only=True).restore(target, data_iter=it2)
@@ -105,18 +106,99 @@ def _copy(src, dst):
   return str(dst)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(fsdp_run, tmp_path):
+def _params_chunk(ckdir, step):
+  """The largest array-data file of a step's params."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckdir, str(step), 'params'))
+           for f in fs if os.sep + 'ocdbt.process_' in d]
+  return max(files, key=os.path.getsize)
+
+
+def _set_aside(ckdir):
+  root = ckdir + '.set_aside'
+  return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+def test_every_saved_step_has_checksums_that_verify(fsdp_run):
+  ck = checkpoint.Checkpointer(os.path.join(fsdp_run[0], 'checkpoints'), read_only=True)
+  assert ck.all_steps() == [3, 6]
+  assert all(ck.verify(s) for s in ck.all_steps())
+
+
+@pytest.mark.parametrize('damage', ['bit_flip', 'truncate', 'missing_item'])
+def test_broken_newest_step_is_set_aside_and_the_run_resumes_from_the_older(
+    fsdp_run, tmp_path, damage, caplog):
   workdir = _copy(fsdp_run[0], tmp_path / 'run')
   ckdir = os.path.join(workdir, 'checkpoints')
-  # Truncate the largest array-data file of step 6's params (a torn write).
-  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckdir, '6', 'params'))
-           for f in fs if os.sep + 'ocdbt.process_' in d]
-  victim = max(files, key=os.path.getsize)
+  if damage == 'missing_item':
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(os.path.join(ckdir, '6', 'opt_state'))
+  else:
+    victim = _params_chunk(ckdir, 6)
+    with open(victim, 'r+b') as fh:
+      if damage == 'truncate':       # a torn write
+        fh.truncate(os.path.getsize(victim) // 2)
+      else:                          # one flipped bit: orbax alone restores this silently
+        fh.seek(os.path.getsize(victim) // 2)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0x10]))
+  broken = _tree_digest(os.path.join(ckdir, '6'))
+  out = loop.train_and_evaluate(_config(steps=9, fsdp=-1), workdir)
+  assert int(out['step']) == 9
+  aside = _set_aside(ckdir)
+  assert len(aside) == 1 and aside[0].startswith('6-broken-')
+  # set aside untouched, never deleted
+  assert _tree_digest(os.path.join(ckdir + '.set_aside', aside[0])) == broken
+  assert checkpoint.Checkpointer(ckdir, read_only=True).all_steps() == [3, 6, 9]
+  text = caplog.text
+  assert 'checkpoint step 6 cannot be restored' in text and 'set aside as' in text
+  if damage != 'missing_item':
+    assert ('CRC32' in text) if damage == 'bit_flip' else ('bytes' in text)
+  # the run continued from step 3: the same params as an unbroken run to 9
+  ref = loop.train_and_evaluate(_config(steps=9, fsdp=-1), _copy(fsdp_run[0], tmp_path / 'ref'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(out['state'].params),
+               jax.device_get(ref['state'].params))
+
+
+def test_explicit_restore_step_is_verified_and_never_set_aside(fsdp_run, tmp_path):
+  workdir = _copy(fsdp_run[0], tmp_path / 'run')
+  ckdir = os.path.join(workdir, 'checkpoints')
+  victim = _params_chunk(ckdir, 3)
   with open(victim, 'r+b') as fh:
-    fh.truncate(os.path.getsize(victim) // 2)
+    fh.seek(0)
+    b = fh.read(1)
+    fh.seek(0)
+    fh.write(bytes([b[0] ^ 1]))
   before = _tree_digest(workdir)
+  cfg = _config(steps=9, fsdp=-1)
+  cfg.checkpoint.restore_step = 3
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 3 is corrupt: .*CRC32'):
+    loop.train_and_evaluate(cfg, workdir)
+  assert _tree_digest(workdir) == before and not _set_aside(ckdir)
+
+
+def test_restore_step_earlier_continues_and_saves_past_the_later_steps(fsdp_run, tmp_path):
+  workdir = _copy(fsdp_run[0], tmp_path / 'run')
+  ckdir = os.path.join(workdir, 'checkpoints')
+  later = _tree_digest(os.path.join(ckdir, '6'))
+  cfg = _config(steps=9, fsdp=-1)
+  cfg.checkpoint.restore_step = 3
+  out = loop.train_and_evaluate(cfg, workdir)   # used to raise StepAlreadyExistsError at 6
+  assert int(out['step']) == 9
+  ck = checkpoint.Checkpointer(ckdir, read_only=True)
+  assert ck.all_steps() == [3, 6, 9] and all(ck.verify(s) for s in ck.all_steps())
+  aside = _set_aside(ckdir)
+  assert len(aside) == 1 and aside[0].startswith('6-after-restore-3-')
+  assert _tree_digest(os.path.join(ckdir + '.set_aside', aside[0])) == later
+
+
+def test_a_config_that_fits_no_step_moves_nothing(fsdp_run, tmp_path):
+  workdir = _copy(fsdp_run[0], tmp_path / 'run')
+  before = _tree_digest(workdir)
+  wrong = _config(steps=9, fsdp=-1)
+  wrong.optimizer.name = 'sgd'       # another optimizer state: no step restores into it
   with pytest.raises(checkpoint.CheckpointError, match=r'checkpoints/6.*Nothing on disk was changed'):
-    loop.train_and_evaluate(_config(steps=9, fsdp=-1), workdir)
+    loop.train_and_evaluate(wrong, workdir)
   assert _tree_digest(workdir) == before
 
 
@@ -126,9 +208,10 @@ def test_missing_pieces_are_clear_errors_and_nothing_is_overwritten(fsdp_run, tm
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(ckdir, '6', 'opt_state'))
   before = _tree_digest(workdir)
-  with pytest.raises(checkpoint.CheckpointError, match=r"incomplete: items \['opt_state'\]"):
-    loop.train_and_evaluate(_config(steps=9, fsdp=-1), workdir)
   cfg = _config(steps=9, fsdp=-1)
+  cfg.checkpoint.restore_step = 6
+  with pytest.raises(checkpoint.CheckpointError, match=r"incomplete: items \['opt_state'\]"):
+    loop.train_and_evaluate(cfg, workdir)
   cfg.checkpoint.restore_step = 5
   with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint for step 5'):
     loop.train_and_evaluate(cfg, workdir)

@@ -51,3 +51,39 @@ def test_bad_config_value_one_line_no_workdir_left_and_verbose_traceback(tmp_pat
   p = _train(*bad, f'--workdir={tmp_path / "mine"}', '--verbose')
   assert p.returncode == 1 and 'Traceback' in p.stderr      # --verbose: the traceback
   assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'   # not ours: untouched
+
+
+def _flip_a_bit(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, 'params'))
+           for f in fs if os.sep + 'ocdbt.process_' in d]
+  victim = max(files, key=os.path.getsize)
+  with open(victim, 'r+b') as fh:
+    fh.seek(os.path.getsize(victim) // 2)
+    b = fh.read(1)
+    fh.seek(-1, 1)
+    fh.write(bytes([b[0] ^ 0x04]))
+
+
+def _digest(root):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return {os.path.relpath(os.path.join(d, f), root):
+          hashlib.sha1(open(os.path.join(d, f), 'rb').read()).hexdigest()
+          for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path):
+  run = tmp_path / 'run'
+  base = ('--config=configs/lm.py:tiny', *SMALL[:-2], '--config.optimizer.warmup_steps=0',
+          '--config.checkpoint.every=2', '--config.eval_every=0', f'--workdir={run}')
+  p = _train(*base, '--config.num_train_steps=4')
+  assert p.returncode == 0, p.stderr[-2000:]
+  _flip_a_bit(run / 'checkpoints' / '4')
+  broken = _digest(run / 'checkpoints' / '4')
+  p = _train(*base, '--config.num_train_steps=6')
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'checkpoint step 4 cannot be restored' in p.stderr and 'CRC32' in p.stderr
+  assert 'resumed from' in p.stderr and 'at step 2' in p.stderr
+  aside = os.listdir(str(run / 'checkpoints') + '.set_aside')
+  assert len(aside) == 1 and _digest(os.path.join(str(run / 'checkpoints') + '.set_aside',
+                                                  aside[0])) == broken
+  assert sorted(os.listdir(run / 'checkpoints')) == ['2', '4', '6']

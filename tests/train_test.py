@@ -214,8 +214,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   cfg.log_every, cfg.eval_every, cfg.checkpoint.every = 5, 0, 3
   src = synthetic.ImageSource(1000, (8, 8, 1), 10)
   loader = synthetic.make_loader(_NaNAfter(src, 7 * 8), 8, shuffle=False)  # step 8 is NaN
-  with pytest.raises(FloatingPointError, match=r'between steps 7 and 9.*Last good checkpoint: '
-                     r'step 6'):
+  with pytest.raises(FloatingPointError, match=r'between steps 7 and 9.*Newest good checkpoint: '
+                     r'step 6 .*finite when saved; checksums verified.*rerun to resume'):
+    loop.train_and_evaluate(cfg, str(tmp_path), train_loader=loader)
+  # resumed at 6, it fails again before any save: rerunning unchanged would loop, and it says so
+  with pytest.raises(FloatingPointError, match=r'step 6 .*the step this run started from, so '
+                     r'rerunning unchanged repeats.*restore_step=3 \(saved: \[3\]\)'):
     loop.train_and_evaluate(cfg, str(tmp_path), train_loader=loader)
   ck = checkpoint.Checkpointer(os.path.join(tmp_path, 'checkpoints'), read_only=True)
   assert ck.all_steps() == [3, 6]

@@ -177,7 +177,10 @@ def train_and_evaluate(config: Any, workdir: str, *,
   ck = config.checkpoint
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=int(ck.every),
                                keep=int(ck.keep), async_save=bool(ck.async_save))
-  resume_step = ck.get('restore_step') if ck.get('restore_step') is not None else ckpt.latest_step()
+  # the newest step that checks out (broken newer ones are set aside with a warning), or
+  # restore_step (later steps set aside so this run can save past it)
+  explicit = ck.get('restore_step') is not None
+  resume_step = ckpt.resume_step(ck.get('restore_step'))
   # The model: from config.model, or the one recorded by init_from / our own checkpoint.
   saved_meta = ckpt.meta(resume_step) if resume_step is not None else None
   saved_mup = (saved_meta or {}).get('mup')
@@ -222,9 +225,25 @@ def train_and_evaluate(config: Any, workdir: str, *,
           f'{diff} (saved, config); use a new workdir')
     # Our loaders shard by rows of one global stream: their state fits any process count.
     ours = train_loader is None
-    reset_data = bool(ck.get('reset_data')) and not ckpt.data_state_available(resume_step, ours)
-    state, _ = ckpt.restore(target, resume_step, None if reset_data else data_iter,
-                            data_any_process_count=ours)
+    failed = []   # (step, error): set aside only once an older step restores into the same
+    while True:   # target, so a config that fits no step never moves a checkpoint
+      reset_data = bool(ck.get('reset_data')) and not ckpt.data_state_available(resume_step, ours)
+      try:
+        state, _ = ckpt.restore(target, resume_step, None if reset_data else data_iter,
+                                data_any_process_count=ours)
+        break
+      except ckpt_lib.CheckpointError as e:
+        older = [x for x in ckpt.all_steps() if x < resume_step]
+        if explicit or not older:
+          if failed:
+            raise failed[0][1]
+          raise
+        failed.append((resume_step, e))
+        resume_step = older[-1]
+    for step, e in failed:
+      ckpt.skip_broken(step, e)
+    if explicit:
+      ckpt.set_aside_later(resume_step)
     if reset_data:
       logging.warning('data iterator state not restorable; starting a fresh one')
       data_iter = iter(tasks.make_loader(config, s.task, config.data.train_split, train=True,
@@ -352,11 +371,25 @@ def _loop(config, workdir, s: Setup, state, start, data_iter, ckpt, meta, eval_l
     return s.train_step(state, global_batch(batch, s.batch_shardings, expected))
 
   def non_finite(first, step):
-    ckpt.wait()  # so the last good checkpoint named is on disk
-    return (f'non-finite loss or gradient norm between steps {first} and {step}; '
-            f'training stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in '
-            f'{ckpt.directory}. Lower the learning rate or enable optimizer.grad_clip_norm, then '
-            'rerun to resume from it.')
+    ckpt.wait()  # so the checkpoint named is on disk
+    msg = (f'non-finite loss or gradient norm between steps {first} and {step}; training '
+           'stopped without saving. ')
+    good = ckpt.latest_step()
+    if good is None:
+      return msg + ('No checkpoint was saved before it. Lower optimizer.learning_rate or set '
+                    'optimizer.grad_clip_norm and start again.')
+    checked = 'checksums verified' if ckpt.verify(good) else 'no checksums recorded'
+    msg += (f'Newest good checkpoint: step {good} in {ckpt.directory} (finite when saved; '
+            f'{checked}). ')
+    if good == start:
+      older = [x for x in ckpt.all_steps() if x < good]
+      return msg + ('It is the step this run started from, so rerunning unchanged repeats the '
+                    'failure (training is deterministic): first lower optimizer.learning_rate or '
+                    'set optimizer.grad_clip_norm' + (
+                        f', or resume from an earlier step with --config.checkpoint.restore_step'
+                        f'={older[-1]} (saved: {older})' if older else '') + '.')
+    return msg + ('Lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun to '
+                  'resume from it.')
 
   eval_every = int(config.eval_every)
   guard = hooks_lib.NonFiniteGuard(lambda m: m['loss'] + m['grad_norm'], non_finite)

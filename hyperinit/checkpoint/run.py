@@ -1,28 +1,7 @@
-"""Every on-disk format of parameters: orbax run checkpoints and "params + config" directories.
+"""Run checkpoints: the `Checkpointer` (orbax `CheckpointManager` of TrainStates, the data
+iterator and metadata), per-file checksums, and setting broken steps aside.
 
-Run checkpoints (`Checkpointer`, `<workdir>/checkpoints`) hold one sub-directory
-per saved step, each with the items
-
-  params     the model params (orbax StandardSave: sharded, per-shard files)
-  opt_state  the optimizer state
-  train      {'step': int32 [], 'rng': uint32 [2]}
-  data       the grain iterator state, one JSON file per process
-  meta       JSON: the model config (`cfg.to_dict()`), the ParamSpec tree, the
-             run's config, process count and mesh shape at save time.
-
-A params directory (`save_params` / `save_model`: a clone, a GHN prediction, a
-GHN itself) is the same layout with one step (0) and only the items `params`
-and `meta`, so everything that reads params reads both: `load_params(path)`
-gives `(model_config, params)` from a run workdir, a checkpoint root, one step
-directory, a params directory or a Hugging Face directory; this is what
-`config.init_from`, the clone CLI and `experiments.predict` use.
-
-Orbax writes each step into a temporary directory and renames it when every
-item is complete, so a step directory is either whole or absent (a kill during
-an async save leaves only a temporary directory, which is ignored); params
-directories are built beside their destination and renamed into place.
-Restoring takes target shardings, so a checkpoint written on one mesh / device
-count / process count restores onto any other.
+See the package docstring (`hyperinit.checkpoint`) for the layout.
 """
 
 from __future__ import annotations
@@ -30,16 +9,17 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
+import time
 from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
-from hyperinit import _io, interop, models
+from hyperinit import _checksums, models
 from hyperinit import spec as spec_lib
 
 ITEMS = ('params', 'opt_state', 'train', 'data', 'meta')
@@ -90,6 +70,9 @@ class Checkpointer:
     # orbax needs absolute paths; a relative --workdir is the usual thing to pass.
     directory = os.fspath(directory)
     self.directory = epath.Path(directory if '://' in directory else os.path.abspath(directory))
+    # per-file checksums need a local (POSIX) file system; object stores check their own
+    self._local = '://' not in directory
+    self._unsummed: list[int] = []     # saved steps whose checksums are not written yet
     if read_only and not self.directory.exists():
       raise FileNotFoundError(f'checkpoint directory {self.directory} does not exist')
     if read_only:
@@ -107,9 +90,12 @@ class Checkpointer:
       # Only the fixed interval: orbax's default also saves the first step of a
       # fresh run and reacts to its own preemption notices; the trainer forces
       # the final and the SIGTERM saves itself.
+      # (an async step's checksums are written once orbax has committed it)
       options = ocp.CheckpointManagerOptions(
           max_to_keep=int(keep), create=True, enable_async_checkpointing=bool(async_save),
-          save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(int(save_every)))
+          save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(int(save_every)),
+          async_options=(ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
+                         if async_save else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   # --- queries ---------------------------------------------------------------
@@ -155,7 +141,107 @@ class Checkpointer:
                  meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+    saved = self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+    if saved:
+      self._unsummed.append(int(step))
+      if not self.manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+        self._write_checksums()
+    return saved
+
+  # --- integrity -------------------------------------------------------------
+
+  def _write_checksums(self) -> None:
+    """Records the checksums of the committed steps saved since the last call (process 0)."""
+    pending, self._unsummed = self._unsummed, []
+    if not self._local or jax.process_index() != 0:
+      return
+    for step in pending:
+      step_dir = os.fspath(self.directory / str(step))
+      if not os.path.isdir(step_dir):   # not committed yet (a later async save): next time
+        self._unsummed.append(step)
+      elif not _checksums.has(step_dir):
+        _checksums.write(step_dir)
+
+  def verify(self, step: int, items: tuple[str, ...] | None = None) -> bool:
+    """Checks step `step`'s files against the checksums written when it was saved.
+
+    Returns False for a step without checksums (saved before they existed, or
+    killed between orbax's commit and the checksum).  Raises CheckpointError
+    naming the corrupt file.
+    """
+    if not self._local:
+      return False
+    try:
+      return _checksums.verify(os.fspath(self.directory / str(step)), items)
+    except _checksums.ChecksumError as e:
+      raise CheckpointError(f'checkpoint step {step} is corrupt: {e}') from e
+
+  def set_aside(self, steps: list[int] | int, why: str) -> list[str]:
+    """Moves step directories out of the checkpoint root (never deletes them).
+
+    They go to `<root>.set_aside/<step>-<why>-<time>`, where neither orbax nor
+    a resume sees them; returns the new paths.  Process 0 moves, every process
+    waits for it.
+    """
+    steps = [steps] if isinstance(steps, int) else list(steps)
+    dest_root = epath.Path(os.fspath(self.directory) + '.set_aside')
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    out = []
+    for s in steps:
+      name, n = f'{s}-{why}-{stamp}', 1
+      while (dest_root / name).exists():
+        n += 1
+        name = f'{s}-{why}-{stamp}-{n}'
+      out.append(os.fspath(dest_root / name))
+    if jax.process_index() == 0:
+      dest_root.mkdir(parents=True, exist_ok=True)
+      for s, dst in zip(steps, out):
+        os.replace(os.fspath(self.directory / str(s)), dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('hyperinit_checkpoint_set_aside')
+    self.manager.reload()
+    return out
+
+  def resume_step(self, restore_step: int | None = None) -> int | None:
+    """The step a run resumes from; None: no checkpoint (a fresh run).
+
+    restore_step None: the newest step whose checksums and metadata check out;
+    a newer step that does not is set aside ('broken') with a warning naming
+    the step and the reason, and the next older one is tried.
+    restore_step k: step k (CheckpointError if it is missing or corrupt:
+    the user chose it); once it has restored, `set_aside_later(k)`.
+    """
+    if restore_step is not None:
+      step = self._check_step(int(restore_step))
+      self.verify(step)
+      return step
+    for step in reversed(self.all_steps()):
+      try:
+        self._check_step(step)
+        self.verify(step)
+        self.meta(step)
+        return step
+      except CheckpointError as e:
+        self.skip_broken(step, e)
+    return None
+
+  def set_aside_later(self, step: int) -> list[str]:
+    """Sets the steps after `step` aside ('after-restore-<step>'), so that a run resumed from
+    an earlier step saves its own steps instead of colliding with them."""
+    later = [s for s in self.all_steps() if s > step]
+    if not later:
+      return []
+    moved = self.set_aside(later, f'after-restore-{step}')
+    logging.warning('checkpoint.restore_step=%d: the later steps %s were set aside (not '
+                    'deleted) so that this run can save its own: %s', step, later, moved)
+    return moved
+
+  def skip_broken(self, step: int, error: BaseException) -> str:
+    """Sets a step that failed to restore aside, with a warning; returns where it went."""
+    moved = self.set_aside(step, 'broken')[0]
+    logging.warning('checkpoint step %d cannot be restored (%s); set aside as %s; resuming '
+                    'from the next older step, if any', step, error, moved)
+    return moved
 
   def _data_file(self, step: int) -> epath.Path:
     name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
@@ -191,6 +277,7 @@ class Checkpointer:
         tree or shapes differ from `target` (nothing on disk is changed).
     """
     step = self._check_step(step)
+    self.verify(step)
     items = dict(params=ocp.args.StandardRestore(target.params),
                  opt_state=ocp.args.StandardRestore(target.opt_state),
                  train=ocp.args.StandardRestore({'step': target.step, 'rng': target.rng}))
@@ -216,8 +303,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'could not restore checkpoint {self.directory / str(step)}: {_short(e)}. '
-          'Nothing on disk was changed; move the broken step directory away to resume from an '
-          'earlier one') from e
+          'Nothing on disk was changed') from e
     state = target.replace(params=out.params, opt_state=out.opt_state, step=out.train['step'],
                            rng=out.train['rng'])
     return state, data_iter
@@ -230,9 +316,7 @@ class Checkpointer:
       handler.close()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable params '
-                            f'metadata ({_short(e)}). Nothing on disk was changed; '
-                            'move the broken step directory away to resume from an earlier '
-                            'one') from e
+                            f'metadata ({_short(e)}). Nothing on disk was changed') from e
     flat_saved = spec_lib.flatten(saved, is_leaf=lambda x: hasattr(x, 'shape'))
     flat_want = spec_lib.flatten(abstract_params)
     missing = sorted(set(flat_want) - set(flat_saved))
@@ -246,10 +330,12 @@ class Checkpointer:
                               f'{tuple(flat_saved[k].shape)}, the model expects {tuple(want.shape)}')
 
   def wait(self) -> None:
-    """Blocks until pending async saves are committed."""
+    """Blocks until pending async saves are committed (and their checksums written)."""
     self.manager.wait_until_finished()
+    self._write_checksums()
 
   def close(self) -> None:
+    self.wait()
     self.manager.close()
 
 
@@ -265,131 +351,3 @@ def run_meta(model_cfg: models.ModelConfig, specs: Any, config: Any = None,
   }
 
 
-def is_hf_dir(path: str | os.PathLike) -> bool:
-  """Whether `path` is a Hugging Face checkpoint directory (has config.json)."""
-  return os.path.isfile(os.path.join(os.fspath(path), 'config.json'))
-
-
-def save_params(path: str | os.PathLike, params: Any, meta: dict[str, Any], *,
-                overwrite: bool = False, overwrite_hint: str = 'overwrite=True') -> str:
-  """Writes `params` (any pytree of arrays) and JSON `meta` as a params directory, atomically.
-
-  The directory is a checkpoint root with one step, 0, holding the items
-  `params` and `meta`: `read_meta`, `restore_params` and (with a model config in
-  `meta`) `load_params` and `config.init_from` read it.  An existing non-empty
-  `path` is refused unless `overwrite` (the error names `overwrite_hint`).
-  """
-  with _io.atomic_dir(os.fspath(path), overwrite, overwrite_hint) as tmp:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           enable_async_checkpointing=False)
-    with ocp.CheckpointManager(tmp, options=options) as manager:
-      manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                              meta=ocp.args.JsonSave(dict(meta, step=0))),
-                   force=True)
-      manager.wait_until_finished()
-  return os.fspath(path)
-
-
-def save_model(path: str | os.PathLike, cfg: models.ModelConfig, params: Any, *,
-               info: dict[str, Any] | None = None, overwrite: bool = False,
-               overwrite_hint: str = 'overwrite=True') -> str:
-  """`save_params` for a model: its config and annotations travel in the metadata.
-
-  Args:
-    path: output directory (written atomically).
-    cfg: the model config; `params` must have `models.param_shapes(cfg)`'s tree.
-    params: nested dict of arrays.
-    info: extra JSON-able metadata under its own keys (e.g. {'clone': {...}}).
-  """
-  specs = models.param_specs(cfg)
-  spec_lib.check_tree(params, specs, 'params')
-  meta = run_meta(cfg, specs)
-  meta.update(info or {})
-  return save_params(path, params, meta, overwrite=overwrite, overwrite_hint=overwrite_hint)
-
-
-def _open(path: str | os.PathLike, step: int | None) -> tuple[Checkpointer, int]:
-  root, path_step = resolve(path)
-  ckpt = Checkpointer(root, read_only=True)
-  step = ckpt._check_step(step if step is not None else path_step, PARAMS_ITEMS)  # pylint: disable=protected-access
-  return ckpt, step
-
-
-def read_meta(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-  """The metadata of a run checkpoint or params directory (default step: the path's, else
-  the latest)."""
-  ckpt, step = _open(path, step)
-  return ckpt.meta(step)
-
-
-def read_model_config(path: str | os.PathLike, step: int | None = None) -> models.ModelConfig:
-  """The model config recorded at `path` (ours) or in its config.json (Hugging Face)."""
-  if is_hf_dir(path):
-    return interop.config_from_hf(interop.read_config(path))
-  meta = read_meta(path, step)
-  if 'model_config' not in meta:
-    raise CheckpointError(f'checkpoint {path} has no model_config in its metadata (a GHN? '
-                          'load it with hyperinit.logah.saving.load_ghn)')
-  return models.config_from_dict(meta['model_config'])
-
-
-def _targets(shapes: Any, shardings: Any) -> Any:
-  if shardings is None:
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: dev, shapes)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, shardings)
-
-
-def restore_params(path: str | os.PathLike, shapes: Any, step: int | None = None,
-                   shardings: Any = None) -> Any:
-  """The `params` item at `path`, restored onto `shapes` (a tree of ShapeDtypeStructs).
-
-  Args:
-    path: a run workdir, its `checkpoints/` root, one step dir or a params dir.
-    shapes: the expected tree (shapes and dtypes; a leaf whose shape differs
-      raises naming it).
-    step: which step (default: the one in `path`, else the latest).
-    shardings: a matching tree of shardings (default: the first local device).
-  """
-  ckpt, step = _open(path, step)
-  target = _targets(shapes, shardings)
-  ckpt._check_shapes(step, target)  # pylint: disable=protected-access
-  try:
-    params = ckpt.manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'could not read params from {ckpt.directory / str(step)}: '
-                          f'{_short(e)}') from e
-  logging.info('loaded params of step %d from %s', step, ckpt.directory)
-  return params
-
-
-def load_params(path: str | os.PathLike, step: int | None = None,
-                shardings: Any = None) -> tuple[models.ModelConfig, Any]:
-  """(model config, params) from any params source.
-
-  Args:
-    path: a trainer workdir, its `checkpoints/` dir, one step dir, a params
-      directory (`save_model`: a clone, a GHN prediction) or a Hugging Face
-      directory (config.json + safetensors).
-    step: which step of our checkpoints (default: the one in `path`, else the
-      latest); not for Hugging Face directories.
-    shardings: a tree of shardings for the params (default: all on the first
-      local device), or a callable `(cfg) -> shardings`.
-
-  Returns:
-    (cfg, params): `models.build(cfg).apply({'params': params}, x)` works.
-  """
-  cfg = read_model_config(path, step)
-  if callable(shardings):
-    shardings = shardings(cfg)
-  shapes = models.param_shapes(cfg)
-  if not is_hf_dir(path):
-    return cfg, restore_params(path, shapes, step, shardings)
-  if step is not None:
-    raise ValueError(f'step={step} applies to our checkpoints; {path} is a Hugging Face directory')
-  _, hf_params = interop.load_hf(path)
-  targets = _targets(shapes, shardings)
-  return cfg, jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
-                           hf_params, targets)
