@@ -22,6 +22,28 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, show the full trace
                              'one line.')
 
 
+def define_config_file(default: str | None, help_text: str, **kw):
+  """`config_flags.DEFINE_config_file('config', ...)` whose failures are one line.
+
+  With a default config file, ml_collections loads it and applies the `--config.<key>`
+  overrides of sys.argv when the flag is *defined* (at import), before `parse_flags` runs.
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  verbose = any(a in ('--verbose', '--verbose=true', '--verbose=1') for a in sys.argv)
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_text, **kw)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    if verbose:
+      raise
+    inner = e   # ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError
+    while inner.args and isinstance(inner.args[0], BaseException):
+      inner = inner.args[0]
+    raw = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+    text = ' '.join(l.strip() for l in raw.splitlines() if l.strip())
+    _fatal(f'a --config override failed ({type(e).__name__}: {text}): no such field in the '
+           'config, or a value of the wrong type')
+
+
 def parse_flags(argv):
   """absl's flag parsing, where every failure is one line and exit status 1: a config file
   whose get_config raises (a bad preset or option: its message, not ml_collections' embedded
@@ -50,8 +72,8 @@ def _fatal(message: str):
 class user_errors:  # pylint: disable=invalid-name
   """Context manager: a `USER_ERRORS` exception exits with 'PROG: error: MESSAGE' (status 1).
 
-  `workdir`, when this run created it and saved nothing there, is removed, so a failed start
-  leaves nothing behind.  With --verbose the exception propagates with its traceback.
+  `workdir`, when this run created it and no run under it saved a checkpoint, is removed, so a
+  failed start leaves nothing behind (and a study that failed late keeps its finished runs).  With --verbose the exception propagates with its traceback.
   """
 
   def __init__(self, prog: str, workdir: str | None = None):
@@ -72,5 +94,8 @@ class user_errors:  # pylint: disable=invalid-name
 
 
 def _has_checkpoint(workdir: str) -> bool:
-  ckpts = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
+  """Whether any run under `workdir` (itself, or a study's sub-runs) saved a checkpoint."""
+  for root, dirs, _ in os.walk(workdir):
+    if os.path.basename(root) == 'checkpoints' and any(d.isdigit() for d in dirs):
+      return True
+  return False

@@ -10,12 +10,12 @@ docs/results/clone_experiment.json) go to --workdir.  A rerun skips finished run
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import _errors
 from hyperinit.studies import clone_experiment, clone_horizon
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone_horizon.py',
-                                          'Horizon config[:preset].', lock_config=True)
+_CONFIG = _errors.define_config_file('configs/clone_horizon.py', 'Horizon config[:preset].',
+                                     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/clone_experiment', 'Runs and report.')
 
 
@@ -25,11 +25,12 @@ def main(argv):
   config = _CONFIG.value
   with config.unlocked():
     config.command = ' '.join(['python -m experiments.clone_experiment'] + sys.argv[1:])
-  try:
-    clone_horizon.run(config, _WORKDIR.value)
-  except clone_experiment.CloneCheckError as e:
-    sys.exit(f'FAILED: {e}')
+  with _errors.user_errors('clone_experiment', _WORKDIR.value):
+    try:
+      clone_horizon.run(config, _WORKDIR.value)
+    except clone_experiment.CloneCheckError as e:
+      sys.exit(f'FAILED: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

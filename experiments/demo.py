@@ -8,20 +8,21 @@ reuses finished runs.  Settings: configs/clone.py (demo).
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import _errors
 from hyperinit.studies import clone_experiment as experiment
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clone.py', 'Clone config[:variant].',
-                                          lock_config=True)
+_CONFIG = _errors.define_config_file('configs/clone.py', 'Clone config[:variant].',
+                                     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'Where runs and the report go.')
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  experiment.main(_CONFIG.value, _WORKDIR.value, 'python -m experiments.demo')
+  with _errors.user_errors('demo', _WORKDIR.value):
+    experiment.main(_CONFIG.value, _WORKDIR.value, 'python -m experiments.demo')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

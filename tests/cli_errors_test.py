@@ -87,3 +87,27 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path):
   assert len(aside) == 1 and _digest(os.path.join(str(run / 'checkpoints') + '.set_aside',
                                                   aside[0])) == broken
   assert sorted(os.listdir(run / 'checkpoints')) == ['2', '4', '6']
+
+
+def _main(module, *args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('module, args, match', [
+    ('experiments.demo', ('--config=configs/clone.py:nope',), "unknown clone config 'nope'"),
+    ('experiments.demo', ('--config.clone.factr=2',), "a --config override failed .*'factr'"),
+    ('experiments.clone_experiment', ('--config.arms.f2.target=optimizer.warmup=0',),
+     "clone_experiment: error: .*no field 'warmup'"),
+    ('experiments.clone_experiment', ('--config=configs/clone_horizon.py:big',),
+     "unknown clone_horizon config 'big'"),
+])
+def test_study_mains_give_one_line(tmp_path, module, args, match):
+  import re  # pylint: disable=g-import-not-at-top
+  p = _main(module, *args, f'--workdir={tmp_path / "w"}')
+  assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-2000:]
+  assert re.search(match, _errors_only(p.stderr)[-1] if 'error:' in match
+                   else next(l for l in _errors_only(p.stderr) if l.startswith('FATAL'))), (
+                       p.stderr[-1500:])
+  assert not (tmp_path / 'w').exists()
