@@ -9,11 +9,14 @@
 See docs/cloning.md ("CLI") and hyperinit/studies/clone_cli.py.
 """
 
-from absl import app, flags
+import time
+
+from absl import app, flags, logging
 
 from experiments import _errors
 from hyperinit import cloning
 from hyperinit.studies import clone_cli as cli
+from hyperinit.train import metrics
 
 _SRC = flags.DEFINE_string('src', None, 'Trainer workdir / checkpoint dir / step dir, or a '
                            'Hugging Face directory (config.json + safetensors).')
@@ -54,8 +57,12 @@ def main(argv):
   if missing:
     raise app.UsageError(f'{" and ".join(missing)} required: the checkpoint to clone and where '
                          'to write the clone')
+  logging.set_verbosity(logging.INFO)   # the stage lines below; orbax/grain/tfds stay quiet
+  metrics.quiet_libraries()
   with _errors.user_errors('clone'):
+    t = time.perf_counter()
     src = cli.load_source(_SRC.value, _STEP.value)
+    logging.info('clone: loaded %s (%s, %.1f s)', _SRC.value, src.fmt, time.perf_counter() - t)
     factors = cli.cli_factors(src.cfg, factor=_FACTOR.value, attention=_ATTN.value,
                               embed=_EMBED.value, mlp=_MLP.value, heads=_HEADS.value,
                               head_dim=_HEAD_DIM.value, kv_heads=_KV_HEADS.value,

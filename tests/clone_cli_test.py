@@ -6,7 +6,9 @@ attention); the clone is written by our CLI and read back by transformers' from_
 Tolerance: max |clone - source| <= 1e-5 * max |source| (fp32).
 """
 
+import logging
 import os
+import re
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
@@ -96,7 +98,7 @@ def test_hf_in_clone_hf_out_transformers_logits_equal(name, tmp_path):
   assert n_dst > 2 * n_src
 
 
-def test_hf_clone_keeps_the_tokenizer_and_generation_config(tmp_path):
+def test_hf_clone_keeps_the_tokenizer_and_generation_config(tmp_path, caplog):
   """HF -> clone -> HF carries the tokenizer files and generation_config.json unchanged."""
   torch, T = require_hf()
   tokenizers = pytest.importorskip('tokenizers')
@@ -111,7 +113,13 @@ def test_hf_clone_keeps_the_tokenizer_and_generation_config(tmp_path):
       tmp_path / 'src')
   T.GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=7).save_pretrained(
       tmp_path / 'src')
-  run_cli(f'--src={tmp_path / "src"}', f'--dst={tmp_path / "dst"}', '--factor=2', '--seed=3')
+  with caplog.at_level(logging.INFO):
+    run_cli(f'--src={tmp_path / "src"}', f'--dst={tmp_path / "dst"}', '--factor=2', '--seed=3')
+  # progress lines, one per stage, with the elapsed time (a big checkpoint takes minutes)
+  for stage in (r'clone: loaded .* \(hf, [\d.]+ s\)', r'clone: cloned [\d,]+ -> [\d,]+ params',
+                r'clone: logits checked', r'save_hf .*model.safetensors written \(1 of 1 files',
+                r'clone: wrote hf .*elapsed'):
+    assert re.search(stage, caplog.text), stage
   carried = sorted(f for f in os.listdir(tmp_path / 'src')
                    if f not in ('config.json', 'model.safetensors'))
   assert 'tokenizer.json' in carried and 'generation_config.json' in carried

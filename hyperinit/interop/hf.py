@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from safetensors.numpy import save_file
 
 from hyperinit import spec as spec_lib
@@ -254,7 +256,7 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
     size += nbytes
   n = len(shards)
   names = [WEIGHTS] if n == 1 else [f'model-{k + 1:05d}-of-{n:05d}.safetensors' for k in range(n)]
-  weight_map, total = {}, 0
+  weight_map, total, t0 = {}, 0, time.perf_counter()
   with atomic_dir(os.fspath(path), overwrite) as tmp:
     with open(os.path.join(tmp, CONFIG), 'w') as f:
       json.dump(d, f, indent=2)
@@ -268,6 +270,8 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
       weight_map.update({h: file for h in tensors})
       total += sum(y.nbytes for y in tensors.values())
       del tensors
+      logging.info('save_hf %s: %s written (%d of %d files, %.2f GB so far, %.1f s)', path, file,
+                   names.index(file) + 1, n, total / 1e9, time.perf_counter() - t0)
     if n > 1:
       with open(os.path.join(tmp, INDEX), 'w') as f:
         index = {'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))}

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Any, Mapping
 
 import jax
@@ -316,12 +317,19 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
   check_destination(source.path, dst, overwrite)   # fail before the work
   plan, dst_cfg = config_lib.plan_model(source.cfg, factors, variant, snr_db, kv_rule=kv_rule,
                                         tie=tie, noise_dist=noise_dist)
+  t0 = time.perf_counter()
+  progress = lambda what: logging.info('clone: %s (%.1f s elapsed)', what, time.perf_counter() - t0)
   state = None
   if with_opt_state:
     state, run_config, src_step_dir = restore_train_state(source)
     source.params = state.params
-  params = widen.clone_fn(plan)(source.params, jax.random.key(seed))
+    progress('restored the source run\'s optimizer state')
+  params = jax.block_until_ready(widen.clone_fn(plan)(source.params, jax.random.key(seed)))
+  progress(f'cloned {models.count_params(source.cfg):,} -> {models.count_params(dst_cfg):,} '
+           f'params ({_gb(params):.2f} GB)')
   err = logits_relative_error(source.cfg, source.params, dst_cfg, params) if check else None
+  if check:
+    progress(f'logits checked: {err:.2e} relative')
   info = dict(source=os.path.abspath(source.path), source_format=source.fmt,
               source_step=source.step, factors=plan.factor_dict, variant=variant,
               snr_db=float(snr_db), seed=int(seed), noise_dist=noise_dist, kv_rule=kv_rule,
@@ -339,8 +347,13 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
   else:
     ckpt_lib.save_model(dst, dst_cfg, params, info={'clone': info}, overwrite=overwrite,
                         overwrite_hint='--overwrite')
+  progress(f'wrote {fmt} {dst}')
   summary = config_lib.describe(plan, source.cfg, dst_cfg)
   return CloneResult(source, dst, fmt, dst_cfg, plan, params, err, summary)
+
+
+def _gb(tree: Any) -> float:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 1e9
 
 
 def usage_hint(res: CloneResult) -> str:

@@ -26,7 +26,6 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from absl import logging
 
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
@@ -82,23 +81,6 @@ def say(msg: str) -> None:
 
 def banner(msg: str) -> None:
   say(f'\n===== {msg} =====')
-
-
-class _DropInfo:
-  """Hides INFO lines of chatty libraries (tfds prints one per loader)."""
-
-  def __init__(self, packages=('tensorflow_datasets', 'orbax', 'grain')):
-    self._frags = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
-
-  def filter(self, record) -> bool:
-    import logging as py_logging  # pylint: disable=g-import-not-at-top
-    return record.levelno > py_logging.INFO or not any(f in record.pathname for f in self._frags)
-
-
-def quiet_logs() -> None:
-  logger = logging.get_absl_logger()
-  if not any(isinstance(f, _DropInfo) for f in logger.filters):
-    logger.addFilter(_DropInfo())
 
 
 def _record(name, kind, seed, variant, dropout, workdir, steps, wall) -> RunRecord:
@@ -332,7 +314,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   Returns the results dict also written to `<workdir>/results.json`.
   Raises CloneCheckError when a clone does not preserve the logits.
   """
-  quiet_logs()
+  metrics_lib.quiet_libraries()
   t0, cpu0 = time.perf_counter(), cpu_seconds()
   workdir = os.path.abspath(workdir)   # orbax refuses relative checkpoint paths
   seeds = [int(s) for s in config.seeds]

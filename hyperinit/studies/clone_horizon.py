@@ -21,6 +21,7 @@ from typing import Any
 from hyperinit.studies import clone_experiment as experiment
 from hyperinit.studies import clone_horizon_report as report
 from hyperinit.studies import clone_report
+from hyperinit.train import metrics as metrics_lib
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def _arm_seeds(config: Any, name: str) -> list[int]:
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Runs every seed and arm of `config` in `workdir`; writes and returns the summary."""
-  experiment.quiet_logs()
+  metrics_lib.quiet_libraries()
   t0, cpu0 = time.perf_counter(), experiment.cpu_seconds()
   workdir = os.path.abspath(workdir)
   seeds = [int(s) for s in config.seeds]

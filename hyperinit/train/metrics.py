@@ -115,7 +115,7 @@ def log(msg: str) -> None:
 class _DropLibraryInfo:
   """A logging filter that drops INFO (and lower) records from chatty libraries."""
 
-  def __init__(self, packages=('orbax', 'grain')):
+  def __init__(self, packages=('orbax', 'grain', 'tensorflow_datasets')):
     self._frags = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
 
   def filter(self, record) -> bool:
@@ -127,7 +127,7 @@ _FILTER = _DropLibraryInfo()
 
 
 def quiet_libraries() -> None:
-  """Hides orbax's and grain's INFO lines (warnings and errors still show)."""
+  """Hides orbax's, grain's and tfds' INFO lines (warnings and errors still show)."""
   logger = logging.get_absl_logger()
   if _FILTER not in logger.filters:
     logger.addFilter(_FILTER)
