@@ -240,7 +240,13 @@ def _notes(r0: dict[str, Any]) -> list[str]:
   if src_final <= l_r:
     out.append(f'Note: the source already reaches {src_final:.3f} < L_R = {l_r:.3f}, so each '
                'clone starts below L_R; t_clone counts the steps until it stays below L_R after '
-               'its early loss bump (learning-rate warm-up; see the curves).')
+               'its early loss bump (learning-rate warm-up; see the curves). This is a short '
+               'horizon: train the destination longer for the paper\'s measure.')
+  else:
+    out.append(f'Random init passes the source within the run: L_R = {l_r:.3f} is '
+               f'{src_final - l_r:.3f} nats below the source\'s final loss {src_final:.3f}, so '
+               't_clone is the time the clone needs to learn what random init learns in the '
+               'whole run (the paper\'s horizon).')
   starts = [r for r in r0['rows'] if r['status'] == 'starts_below']
   if starts:
     out.append(f'{len(starts)} clone run(s) never rose above L_R: their speedup is unbounded.')
@@ -318,6 +324,7 @@ def console_summary(results: dict[str, Any], workdir: str) -> str:
                f'{fmt_ms([r["t_random"] for r in xs], 0)} steps; compute-adjusted incl. the '
                f'source\'s {results["source_steps"]} steps: '
                f'{fmt_ms([r["adjusted"] for r in xs if r["adjusted"] is not None], 2)}×)')
+  out += [line for line in _notes(results) if line]
   out.append(f'report: {os.path.join(workdir, "report.md")} (+ loss_curves.png, symmetry.png, '
              f'results.json); total {results["wall_s"]:.0f} s'
              + (f', {results["cpu_s"]:.0f} CPU-s' if results.get('cpu_s') is not None else ''))
