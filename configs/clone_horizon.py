@@ -10,7 +10,8 @@ sources) beside a random-init model of each destination architecture:
   f2     small -> 2 x 64   (factor 2), every variant
   f4     small -> 2 x 128  (factor 4), every variant
   big_f2 big   -> 2 x 128  (factor 2): "a 2x clone of a bigger source beats a 4x clone of a
-                           smaller one" (same destination as f4, shares f4's random baseline)
+                           smaller one" (same widths and size as f4's destination; 8 heads of
+                           16 instead of 16 of 8, so its own random-init baseline)
   ws_*   the warm-up study on f2's noisy symmetric clone (seed 0): what tames the loss spike of
          the clone's first steps (shorter / no warm-up, lower peak LR, muP with the source as
          base, widened Adam moments resuming the source's run); shares f2's random baseline.
@@ -110,6 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.arms = ml_collections.ConfigDict({
       'f2': _arm('small', 2, p.variants),
       'f4': _arm('small', 4, p.variants[:1] if p.smoke else p.variants),
-      'big_f2': _arm('big', 2, ns, baseline='f4'),
+      # its own random init: 2 x 128 with 8 heads of 16 (the 4x clone of 2 x 32 has 16 of 8)
+      'big_f2': _arm('big', 2, ns),
       **{k: study[k] for k in p.study}})
   return cfg

@@ -20,6 +20,9 @@ USER_ERRORS = (ValueError, TypeError, KeyError, OSError, CheckpointError, Safete
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, show the full traceback instead of '
                              'one line.')
+# Flags defined below through this module's helpers (define_config_file) belong to the main
+# that calls them, so --helpshort lists them there.
+flags.disclaim_key_flags()
 
 
 def define_config_file(default: str | None, help_text: str, **kw):

@@ -111,3 +111,20 @@ def test_study_mains_give_one_line(tmp_path, module, args, match):
                    else next(l for l in _errors_only(p.stderr) if l.startswith('FATAL'))), (
                        p.stderr[-1500:])
   assert not (tmp_path / 'w').exists()
+
+
+MAINS = ('train', 'demo', 'clone', 'clone_experiment', 'predict', 'train_ghn', 'ghn_experiment',
+         'mup_sweep', 'coord_check')
+
+
+@pytest.mark.parametrize('name', MAINS)
+def test_helpshort_lists_every_flag_of_the_main_with_a_one_line_help(name):
+  p = _main(f'experiments.{name}', '--helpshort')
+  assert p.returncode in (0, 1) and 'Traceback' not in p.stderr, p.stderr[-1500:]  # absl: 1
+  out = p.stdout
+  assert f'experiments/{name}.py:' in out, out[-1500:]
+  flags_listed = [l.strip() for l in out.splitlines() if l.startswith('  --')]
+  assert flags_listed, out
+  for line in flags_listed:
+    name_part, _, help_part = line.partition(':')
+    assert help_part.strip() and help_part.strip() != 'path to config file.', line

@@ -9,10 +9,8 @@ import json
 
 import numpy as np
 import pytest
-from absl import flags
 
 from configs import clone as clone_configs
-from experiments import demo as demo_main
 from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
 from hyperinit.studies import clone_experiment as experiment, clone_report as report
@@ -40,24 +38,24 @@ def test_configs():
   assert set(clone_configs.ALL_VARIANTS) == set(plan_lib.VARIANTS)
   # the horizon: the destination trains twice the source's steps (random init passes it)
   assert demo.target.num_train_steps == 2 * demo.source.num_train_steps
-  assert demo.source.model.embed_dim == 32 and demo.source.model.mlp_dim == 128
+  assert demo.source.model.embed_dim == 64 and demo.source.model.mlp_dim == 256
   with pytest.raises(ValueError, match="unknown clone config 'nope'"):
     clone_configs.get_config('nope')
 
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-  """configs/clone.py:smoke through experiments/demo.py's main (the `make demo` entry point)."""
+  """configs/clone.py:smoke through what experiments/demo.py's main calls (the `make demo` path).
+
+  The main itself is driven in a subprocess by cli_errors_test: two mains defining --config cannot
+  be imported into one pytest process."""
   workdir = str(tmp_path_factory.mktemp('smoke'))
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  flags.FLAGS.unparse_flags()
-  # a relative --workdir, as `make demo` passes (orbax needs absolute paths internally)
-  flags.FLAGS(['demo', f'--config={ROOT}/configs/clone.py:smoke',
-               f'--workdir={os.path.relpath(workdir)}'])
-  # (--config.x=... overrides register only from sys.argv at import, so set them here)
-  for t in (demo_main._CONFIG.value.source, demo_main._CONFIG.value.target):
+  config = clone_configs.get_config('smoke')
+  for t in (config.source, config.target):
     t.data.data_dir = data_dir
-  demo_main.main([])
+  # a relative workdir, as `make demo` passes (orbax needs absolute paths internally)
+  experiment.main(config, os.path.relpath(workdir), 'python -m experiments.demo')
   return workdir, data_dir, experiment.load_results(workdir)
 
 

@@ -10,18 +10,13 @@ import copy
 import json
 
 import pytest
-from absl import flags
 
 from configs import clone_horizon as horizon_configs
-from experiments import clone_experiment as main_lib
 from hyperinit import checkpoint as ckpt_lib
 from hyperinit import models
 from hyperinit.studies import clone_horizon as horizon, clone_horizon_report as report
 from hyperinit.studies import clone_report
 from hyperinit.train import metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_parse_overrides():
   assert horizon.parse_overrides('optimizer.warmup_steps=0, optimizer.learning_rate=1e-3,'
@@ -64,18 +59,28 @@ def test_spike(curve, want):
   assert report.spike(curve, 40) == pytest.approx(want)
 
 
+@pytest.mark.parametrize('curve, want', [
+    ([(0, 2.0), (100, 1.99), (200, 1.9), (300, 1.8)], 100 + 100 * 0.04 / 0.09),  # 1.95 crossed
+    ([(0, 2.0), (100, 2.1), (200, 2.0)], None),                 # never 0.05 below the start
+    ([(0, 2.0), (10, 1.9)], 5.0),
+])
+def test_stall(curve, want):
+  got = report.stall(curve)
+  assert got == (None if want is None else pytest.approx(want))
+
+
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
+  """configs/clone_horizon.py:smoke through the driver experiments/clone_experiment.py calls
+  (the main itself is imported by no test: two mains' --config flags cannot share a process;
+  tests/cli_errors_test.py runs it as a subprocess)."""
   workdir = str(tmp_path_factory.mktemp('horizon'))
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(['clone_experiment', f'--config={ROOT}/configs/clone_horizon.py:smoke',
-               f'--workdir={workdir}'])
-  for t in (main_lib._CONFIG.value.base.source, main_lib._CONFIG.value.base.target):
-    t.data.data_dir = data_dir
-  main_lib.main([])
+  cfg = horizon_configs.get_config('smoke')
+  cfg.base.source.data.data_dir = cfg.base.target.data.data_dir = data_dir
+  horizon.run(cfg, workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
-    return workdir, json.load(f)
+    return workdir, data_dir, json.load(f)
 
 
 def _evals(d):
@@ -83,7 +88,7 @@ def _evals(d):
 
 
 def test_smoke_runs_every_arm_and_shares_sources_and_baselines(smoke):
-  workdir, res = smoke
+  workdir, _, res = smoke
   for f in ('report.md', 'curves.png', 'results.json'):
     assert os.path.getsize(os.path.join(workdir, f)) > 0
   got = {(r['arm'], r['variant']) for r in res['records']}
@@ -95,20 +100,21 @@ def test_smoke_runs_every_arm_and_shares_sources_and_baselines(smoke):
       'source_big', 'source_small']
   trained_random = sorted(a for a in os.listdir(sdir)
                           if os.path.isdir(os.path.join(sdir, a, 'random')))
-  assert trained_random == ['f2', 'f4']
+  assert trained_random == ['big_f2', 'f2', 'f4']
   by = {(r['arm'], r['variant']): r for r in res['records']}
-  assert by[('big_f2', 'noisy_symmetric')]['random_curve'] == by[('f4', 'noisy_symmetric')][
-      'random_curve'] == [list(p) for p in _evals(os.path.join(sdir, 'f4', 'random'))]
+  for arm in ('ws_mup_source_base', 'ws_widen_opt_state'):   # the study shares f2's baseline
+    assert by[(arm, 'noisy_symmetric')]['random_curve'] == by[('f2', 'noisy_symmetric')][
+        'random_curve'] == [list(p) for p in _evals(os.path.join(sdir, 'f2', 'random'))]
   assert by[('big_f2', 'noisy_symmetric')]['source_final'] == _evals(
       os.path.join(sdir, 'source_big'))[-1][1]
-  assert res['arms']['f4']['dst_cfg']['embed_dim'] == res['arms']['big_f2']['dst_cfg'][
-      'embed_dim'] == 64
+  f4, big = res['arms']['f4']['dst_cfg'], res['arms']['big_f2']['dst_cfg']
+  assert f4['embed_dim'] == big['embed_dim'] == 64 and f4['num_heads'] == 2 * big['num_heads']
   assert '| f4: small ×4 | noisy_symmetric | 1 |' in open(os.path.join(workdir,
                                                                         'report.md')).read()
 
 
 def test_smoke_numbers_recomputed_from_the_runs(smoke):
-  workdir, res = smoke
+  workdir, _, res = smoke
   sdir = os.path.join(workdir, 'seed_0')
   for r in res['records']:
     clone = _evals(os.path.join(sdir, r['arm'], r['variant']))
@@ -147,3 +153,25 @@ def test_smoke_numbers_recomputed_from_the_runs(smoke):
   mup_dir = os.path.join(sdir, 'ws_mup_source_base', 'noisy_symmetric')
   meta = ckpt_lib.read_meta(os.path.join(mup_dir, 'checkpoints'))
   assert meta['mup']['base_config']['embed_dim'] == 16
+
+
+def test_report_of_seeds_without_the_study(smoke, tmp_path):
+  """A per-seed process of a seed outside study_seeds has no warm-up arms: report anyway."""
+  _, _, res = smoke
+  res = copy.deepcopy(res)
+  res['records'] = [r for r in res['records'] if not r['arm'].startswith('ws_')]
+  res['arms'] = {k: v for k, v in res['arms'].items() if not k.startswith('ws_')}
+  report.write_report(str(tmp_path), res)
+  assert os.path.getsize(tmp_path / 'curves.png') > 0
+  assert '| f2: small ×2 | noisy_symmetric |' in (tmp_path / 'report.md').read_text()
+
+
+def test_a_shared_baseline_of_another_architecture_is_refused(smoke):
+  """f4's destination has twice big_f2's heads (half the head size): its random init is not a
+  baseline for big_f2."""
+  workdir, data_dir, _ = smoke
+  cfg = horizon_configs.get_config('smoke')
+  cfg.base.source.data.data_dir = cfg.base.target.data.data_dir = data_dir
+  cfg.arms.big_f2.baseline = 'f4'
+  with pytest.raises(ValueError, match=r'another architecture than this clone: .*num_heads'):
+    horizon.run(cfg, workdir)

@@ -268,6 +268,13 @@ def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
   elif not _done(random_dir, steps):
     raise ValueError(f'the shared random-init baseline {random_dir} is not trained '
                      f'({steps} steps): train the arm that owns it first')
+  else:   # a shared baseline must be this arm's destination architecture
+    have = _model_fields(ckpt_lib.read_model_config(random_dir))
+    want = _model_fields(dst_any)
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+      raise ValueError(f'the shared random-init baseline {random_dir} is another architecture '
+                       f'than this clone: {diff} (baseline, clone)')
   runs.append(_record('random', 'random', seed, '', 0.0, random_dir, steps, wall))
   return {'runs': runs, 'checks': checks, 'dst_cfg': dst_any, 'plan': plan_any}
 

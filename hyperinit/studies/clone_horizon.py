@@ -92,6 +92,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if b and (b not in arms or arms.index(b) > arms.index(name) or config.arms[b].baseline):
       raise ValueError(f'arm {name!r}: baseline {b!r} must be an earlier arm that trains its '
                        f'own random init; arms: {arms}')
+    arm_config(config, name)  # a bad override stops here, before any training
   count = [0]
   # per seed and arm: its source (once per seed), a clone + a training run per variant, random
   n_stages = sum(len({config.arms[a].source for a in arms if s in _arm_seeds(config, a)})

@@ -42,6 +42,21 @@ def spike(curve: list, steps: int) -> tuple[float, float]:
   return (float(rise), float(s_max)) if rise > 0 else (0.0, 0.0)
 
 
+def stall(curve: list, drop: float = 0.05) -> float | None:
+  """Steps until the loss is `drop` below its step-0 value (interpolated): how long the
+  clone's head start stays frozen while the learning rate re-warms; None if never."""
+  s0, target = curve[0][0], curve[0][1] - drop
+  for (sa, va), (sb, vb) in zip(curve, curve[1:]):
+    if vb <= target:
+      return float(sa + (va - target) / (va - vb) * (sb - sa)) - s0
+  return None
+
+
+def _at(curve: list, step: float) -> float:
+  """The loss at the first evaluation at or after `step`."""
+  return next(v for s, v in curve if s >= step)
+
+
 def _records(name: str, arm: Any, res: dict[str, Any], margin: float) -> list[dict[str, Any]]:
   runs = {(r['name'], r['seed']): r for r in res['runs']}
   out = []
@@ -52,12 +67,15 @@ def _records(name: str, arm: Any, res: dict[str, Any], margin: float) -> list[di
     out.append(dict(
         arm=name, variant=row['variant'], factor=int(arm.factor), source=arm.source,
         seed=seed, target=str(arm.target), mup_source_base=bool(arm.mup_source_base),
+        with_opt_state=bool(arm.get('with_opt_state', False)),
         source_final=row['source_final'], random_final=row['random_final'],
         clone_final=row['final_loss'], final_gap=row['final_loss'] - row['random_final'],
         horizon_ok=row['random_final'] <= row['source_final'] - margin,
         t_clone=row['t_clone'], t_random=row['t_random'], status=row['status'],
         step_speedup=row['speedup'], compute_adjusted_speedup=row['adjusted'],
-        spike_rise=rise, spike_step=at, symmetry_end=row['sym_end'],
+        spike_rise=rise, spike_step=at, stall_steps=stall(clone['evals']),
+        quarter_loss=_at(clone['evals'], clone['steps'] / 4),
+        random_quarter_loss=_at(rnd['evals'], clone['steps'] / 4), symmetry_end=row['sym_end'],
         clone_curve=clone['evals'], random_curve=rnd['evals'],
         source_steps=res['source_steps'], target_steps=res['target_steps'],
         flops_ratio=res['flops']['ratio'], src_params=res['src_params'],
@@ -73,6 +91,7 @@ def summarize(config: Any, arm_results: dict[str, dict[str, Any]], wall_s: float
           for r in _records(name, config.arms[name], res, float(config.margin))]
   arms = {name: dict(source=a.source, factor=int(a.factor), variants=list(a.variants),
                      baseline=a.baseline, target=a.target, mup_source_base=a.mup_source_base,
+                     with_opt_state=bool(a.get('with_opt_state', False)),
                      src_cfg=arm_results[name]['src_cfg'], dst_cfg=arm_results[name]['dst_cfg'],
                      logits_checks=arm_results[name]['logits_checks'])
           for name, a in config.arms.items() if name in arm_results}
@@ -127,14 +146,20 @@ def warmup_table(results: dict[str, Any]) -> str:
   recs = [r for r in results['records'] if r['arm'].startswith('ws_') or
           (r['arm'] == 'f2' and r['variant'] == 'noisy_symmetric')]
   study_seeds = {r['seed'] for r in recs if r['arm'].startswith('ws_')}
-  head = ('| schedule | seeds | spike (max rise over step 0 in the first quarter) | at step | '
-          't_clone | step speedup | final loss |\n|---|---|---|---|---|---|---|\n')
+  head = ('| schedule | seeds | spike (max rise over step 0, first quarter) | stall (steps to '
+          '0.05 below step 0) | loss at 1/4 of the run (random) | t_clone | step speedup | '
+          'final loss |\n|---|---|---|---|---|---|---|---|\n')
   lines = []
   for (arm,), xs in _group([r for r in recs if r['seed'] in study_seeds], 'arm').items():
-    label = 'default (warm-up 10%, peak lr)' if arm == 'f2' else (
-        results['arms'][arm]['target'] or 'muP, the source as base')
-    lines.append(f'| {arm}: {label} | {len(xs)} | {_cell([x["spike_rise"] for x in xs], 3)} | '
-                 f'{_cell([x["spike_step"] for x in xs], 0)} | '
+    a = results['arms'][arm]
+    label = ('default (warm-up 10%, peak lr)' if arm == 'f2' else
+             'widened Adam moments, the source\'s run resumed wider' if a.get('with_opt_state')
+             else 'muP, the source as base' if a['mup_source_base'] else a['target'])
+    lines.append(f'| {arm}: {label} | {len(xs)} | {_cell([x["spike_rise"] for x in xs], 3)} '
+                 f'(step {_cell([x["spike_step"] for x in xs], 0)}) | '
+                 f'{_cell([x["stall_steps"] for x in xs], 0)} | '
+                 f'{_cell([x["quarter_loss"] for x in xs], 3)} '
+                 f'({_cell([x["random_quarter_loss"] for x in xs], 3)}) | '
                  f'{_cell([x["t_clone"] for x in xs], 0)} | '
                  f'{_cell([x["step_speedup"] for x in xs], 2, "×")} | '
                  f'{_cell([x["clone_final"] for x in xs], 3)} |')
@@ -147,8 +172,12 @@ def plot_curves(results: dict[str, Any], path: str) -> None:
   panels = [('f2', ('f2',)), ('f4 vs big_f2 (same destination)', ('f4', 'big_f2')),
             ('warm-up study (f2 noisy symmetric)',
              tuple(a for a in results['arms'] if a.startswith('ws_')) + ('f2',))]
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), dpi=100)
-  for ax, (title, arms) in zip(axes, panels):
+  panels = [(t, arms) for t, arms in panels
+            if any(r['arm'] in arms for r in results['records']) and
+            (not t.startswith('warm-up') or any(a in results['arms'] for a in arms[:-1]))]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.2), dpi=100,
+                           squeeze=False)
+  for ax, (title, arms) in zip(axes[0], panels):
     recs = [r for r in results['records'] if r['arm'] in arms]
     study = title.startswith('warm-up')
     if study:
@@ -163,8 +192,9 @@ def plot_curves(results: dict[str, Any], path: str) -> None:
       xs = [r for r in recs if r['arm'] == arm]
       st, m, _, _ = cr.mean_curve(list({x['seed']: x['random_curve'] for x in xs}.values()))
       ax.plot(st, m, 'k-', lw=1.5, label=f'random init ({arm} destination)')
-      ax.axhline(float(np.mean([x['source_final'] for x in xs])), color='gray', ls=':',
-                 label=f'{results["arms"][arm]["source"]} source final')
+    for src, ls in zip(dict.fromkeys(r['source'] for r in recs), (':', '-.')):
+      ax.axhline(float(np.mean([x['source_final'] for x in recs if x['source'] == src])),
+                 color='gray', ls=ls, label=f'{src} source final')
     vals = [v for r in recs for _, v in r['clone_curve']]
     ax.set_ylim(min(vals) - 0.05, float(np.percentile(vals, 99)) + 0.3)
     ax.set_title(title, fontsize=9)
@@ -184,6 +214,8 @@ def render(results: dict[str, Any]) -> str:
                    f'{a["dst_cfg"]["embed_dim"]}, variants {", ".join(a["variants"])}'
                    + (f', trainer overrides `{a["target"]}`' if a['target'] else '')
                    + (', muP with the source as base' if a['mup_source_base'] else '')
+                   + (', Adam moments widened, the source run resumed' if a.get('with_opt_state')
+                      else '')
                    + (f'; random baseline of `{a["baseline"]}`' if a['baseline'] else '')
                    for n, a in r['arms'].items())
   bad = [x for x in r['records'] if not x['horizon_ok']]
@@ -225,5 +257,6 @@ def console_summary(results: dict[str, Any], workdir: str) -> str:
                     f'{results["wall_s"]:.0f} s'])
 
 
-__all__ = ['console_summary', 'plot_curves', 'render', 'speedup_table', 'spike', 'summarize',
+__all__ = ['console_summary', 'plot_curves', 'render', 'speedup_table', 'spike', 'stall',
+           'summarize',
            'warmup_table', 'write_report']
