@@ -8,7 +8,8 @@
 Presets: `search` (base HPs and LR at the base model, written to
 docs/results/mup_base_hps.json), `width` (widths 64..512 with those base HPs),
 `depth` (depths 2..8 at width 64, CompleteP vs SP).  The `smoke` flag shrinks
-any of them to a few seconds (tiny models, a handful of steps, no files in docs/).
+any of them to a few seconds (tiny models, a handful of steps, no files in docs/);
+`steps=N` sets the training length and the warm-up (N // 10) together, e.g. `:width,steps=1000`.
 """
 
 import ml_collections
@@ -19,7 +20,8 @@ BASE_HPS_FILE = 'docs/results/mup_base_hps.json'
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, 'mup_sweep', ('width', 'depth', 'search'), 'width', smoke=False)
+  args = common.parse_arg(arg, 'mup_sweep', ('width', 'depth', 'search'), 'width', smoke=False,
+                          steps=int)
   mode = args.preset
   c = ml_collections.ConfigDict()
   c.mode = mode                   # width | depth (sweeps) | search (base HPs at the base model)
@@ -29,7 +31,7 @@ def get_config(arg=None):
   c.base_depth = 2 if mode == 'depth' else 1   # muP base depth (depth transfer)
   c.parametrizations = 'sp,mup'   # comma-separated: sp, mup (depth sweep: mup = CompleteP)
   c.seeds = 2                     # init + data-order seeds per point
-  c.steps = 600 if mode != 'depth' else 300    # optimizer steps per run (fixed budget)
+  c.steps = args.steps or (600 if mode != 'depth' else 200)   # optimizer steps per run
   c.chunk = 50                    # steps per jitted lax.scan call (divergence checked between)
   c.tail_fraction = 0.1           # train-tail loss: mean over the last 10% of the steps
   c.diverge_loss = 7.0            # a chunk's mean training loss above this (or NaN) = diverged

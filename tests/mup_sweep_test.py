@@ -148,6 +148,8 @@ def test_search_smoke_writes_base_hps_that_the_width_sweep_reads(tmp_path):
   tuned = [t for t in res['trials'] if t['base_hps'] == res['base_hps']
            and t['log2_lr'] == res['log2_lr']][0]
   assert out['records'][1]['val_loss'] == pytest.approx(tuned['val_loss'][0], rel=1e-6)
+  with pytest.raises(ValueError, match='tuned for 4 steps'):
+    sweep.run_sweep(_smoke('width', base_hps_file=hps_file, steps=8))
   with pytest.raises(ValueError, match='not a base-HP search result'):
     sweep.run_sweep(_smoke('width', base_hps_file=str(tmp_path / 'search' / 'search.json')))
 

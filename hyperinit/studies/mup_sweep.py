@@ -88,6 +88,10 @@ def load_base_hps(config: Any) -> tuple[mup.BaseHParams, dict[str, float]]:
       if k not in saved:
         raise ValueError(f'{path}: not a base-HP search result (no {k!r}); run '
                          'experiments.mup_sweep with configs/mup_sweep.py:search first')
+    if saved.get('steps') is not None and int(saved['steps']) != int(config.steps):
+      raise ValueError(f'{path} was tuned for {saved["steps"]} steps, this sweep trains '
+                       f'{config.steps}: rerun the search with the same steps (base HPs and LR '
+                       'depend on the training length)')
     return (mup.BaseHParams.from_dict(saved['base_hps']),
             {'mup': float(saved['log2_lr']), 'sp': float(saved['sp_log2_lr'])})
   fields = {k: config.mup.get(k) for k in mup_train.HPARAM_FIELDS
