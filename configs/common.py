@@ -178,12 +178,19 @@ def mup() -> ml_collections.ConfigDict:
   b.num_kv_heads = P(int)
   b.head_dim = P(int)
   b.mlp_dim = P(int)
+  # Base hyper-parameters (mup.BaseHParams): tuned on the base, the same at every width.
   u.output_mult = P(float)        # logits x output_mult/m (None: the base's logits_mult)
   u.attn_mult = P(float)          # attention x attn_mult/d_head (None: sqrt(base d_head), = SP)
   u.embed_mult = P(float)         # input embedding multiplier; None: the base's
+  u.hidden_init_mult = 1.0        # hidden kernels' init std x this (on top of muP's 1/sqrt(m))
+  u.readout_init_mult = 1.0       # readout init std x this (readout_init base | keep)
+  u.input_lr_mult = 1.0           # LR x this for input-like leaves (embeddings)
+  u.hidden_lr_mult = 1.0          # LR x this for hidden (and bottleneck) kernels
+  u.output_lr_mult = 1.0          # LR x this for the readout kernel
+  u.vector_lr_mult = 1.0          # LR x this for biases, norm gains (and the readout bias)
   u.readout_init = 'zero'         # untied readout init: zero | base (base width's std) | keep
   u.zero_query = False            # zero-initialise query projections (uniform attention at init)
-  u.wd_mode = 'width_invariant'   # AdamW decay lr*wd at every width | decoupled (lr*s*wd)
+  u.wd_mode = 'fixed'             # decay lr*wd per step for every leaf | follows_lr (lr*s*wd)
   u.eps_mode = 'all'              # Adam eps / m on every width-dependent leaf | hidden | none
   u.depth_alpha = P(float)        # depth transfer: branches x (L/L_base)^-alpha; None: off
   return u

@@ -6,19 +6,24 @@
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from experiments import _errors
 from hyperinit import _io
 from hyperinit.mup import coord
 from hyperinit.studies import plots
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/coord_check.py', lock_config=True)
+_CONFIG = _errors.define_config_file('configs/coord_check.py', 'Coordinate-check config[:preset].',
+                                     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/coord_check', 'where PNGs and slopes.json go')
 
 
 def main(argv):
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  with _errors.user_errors('coord_check', _WORKDIR.value):
+    _run(_CONFIG.value, _WORKDIR.value)
+
+
+def _run(cfg, workdir):
   os.makedirs(workdir, exist_ok=True)
   study = coord.run_study(cfg)
   summary = {}
@@ -35,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_errors.parse_flags)

@@ -66,7 +66,10 @@ def test_every_study_config_builds_and_rejects_unknown_names():
     assert clone.get_config(name).source.num_train_steps == clone.PRESETS[name].source_steps
   for name in ghn.VARIANTS:
     ghn.get_config(name)
-  assert mup_sweep.get_config('local').widths == (64, 128, 256)
+  w, d, s = (mup_sweep.get_config(x) for x in ('width', 'depth', 'search'))
+  assert w.widths == (64, 128, 256, 512) and w.base_hps_file == s.results_file
+  assert d.depths == (2, 4, 8) and d.mup.depth_alpha == 1.0 and s.mode == 'search'
+  assert mup_sweep.get_config('depth,smoke').results_file == ''
   assert coord_check.get_config('local').seeds == 4
   for mod, what in ((clone, 'clone'), (ghn, 'ghn'), (mup_sweep, 'mup_sweep'),
                     (coord_check, 'coord_check')):

@@ -24,7 +24,7 @@ MLP_LEAVES = ('input/kernel', 'input/bias', 'hidden_1/kernel', 'hidden_1/bias', 
 def _mlp(width, base=64, readout='base', seed=0):
   """MLP 48 -> width -> width -> 10 in muP (output_mult 1/m), params with nonzero biases."""
   mults = coord.mlp_multipliers(width, base)
-  module = MLP((width, width), 10, 1.0 / mults.readout_mult)
+  module = MLP((width, width), 10, 1.0 / mults.readout_width_mult)
 
   @jax.jit
   def init(key):
@@ -70,7 +70,7 @@ def test_mlp_multipliers_closed_form():
   assert mup.lr_multipliers(m, 'sgd') == {
       'input/kernel': 4, 'input/bias': 4, 'hidden_1/kernel': 1, 'hidden_1/bias': 4,
       'readout/kernel': 4, 'readout/bias': 1}
-  assert m.readout_mult == 4.0
+  assert m.readout_width_mult == 4.0
 
 
 def test_mlp_readout_forward_multiplier():
@@ -85,7 +85,7 @@ def test_mlp_readout_forward_multiplier():
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize('wd_mode', ['width_invariant', 'decoupled'])
+@pytest.mark.parametrize('wd_mode', ['fixed', 'follows_lr'])
 def test_one_adamw_step_closed_form(wd_mode):
   module, params, mults = _mlp(256)
   g = _grads(module, params, _batch())
@@ -99,23 +99,25 @@ def test_one_adamw_step_closed_form(wd_mode):
   gp, pp, up = _flat(g), _flat(params), _flat(upd)
   for k in MLP_LEAVES:
     u = gp[k] / (np.abs(gp[k]) + eps * e[k])
-    want = (-lr * (s[k] * u + wd * pp[k]) if wd_mode == 'width_invariant'
+    want = (-lr * (s[k] * u + wd * pp[k]) if wd_mode == 'fixed'
             else -lr * s[k] * (u + wd * pp[k]))
     np.testing.assert_allclose(up[k], want, rtol=1e-5, atol=1e-8, err_msg=k)
 
 
-def test_one_sgd_step_closed_form():
+@pytest.mark.parametrize('wd_mode', ['fixed', 'follows_lr'])
+def test_one_sgd_step_closed_form(wd_mode):
   module, params, mults = _mlp(256)
   g = _grads(module, params, _batch())
   lr, wd = 0.1, 0.01
-  tx = mup.sgd(lr, mults, momentum=0.9, weight_decay=wd)
+  tx = mup.sgd(lr, mults, momentum=0.9, weight_decay=wd, wd_mode=wd_mode)
   upd, _ = jax.jit(tx.update)(g, tx.init(params), params)
   s = {'input/kernel': 4, 'input/bias': 4, 'hidden_1/kernel': 1, 'hidden_1/bias': 4,
        'readout/kernel': 4, 'readout/bias': 1}
   gp, pp, up = _flat(g), _flat(params), _flat(upd)
-  for k in MLP_LEAVES:   # first step: momentum trace = g; decay lr * wd per step at any width
-    np.testing.assert_allclose(up[k], -lr * (s[k] * gp[k] + wd * pp[k]), rtol=1e-5, atol=1e-9,
-                               err_msg=k)
+  for k in MLP_LEAVES:   # first step: momentum trace = g + L2 term
+    want = (-lr * (s[k] * gp[k] + wd * pp[k]) if wd_mode == 'fixed'     # lr * wd at any width
+            else -lr * s[k] * (gp[k] + wd * pp[k]))
+    np.testing.assert_allclose(up[k], want, rtol=1e-5, atol=1e-9, err_msg=k)
 
 
 def _run(tx, params, grads_seq):
@@ -136,8 +138,12 @@ def test_base_width_is_bitwise_plain_optax():
   sched = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
   pairs = [
       (mup.adamw(sched, m64, weight_decay=0.1), optax.adamw(sched, weight_decay=0.1)),
-      (mup.adamw(1e-3, m64, weight_decay=0.1, wd_mode='decoupled'),
+      (mup.adamw(1e-3, m64, weight_decay=0.1, wd_mode='follows_lr'),
        optax.adamw(1e-3, weight_decay=0.1)),
+      (mup.sgd(0.1, m64, momentum=0.9, weight_decay=0.01),       # coupled L2, as torch's SGD
+       optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))),
+      (mup.adam(1e-3, m64, weight_decay=0.01, wd_mode='follows_lr'),
+       optax.chain(optax.add_decayed_weights(0.01), optax.adam(1e-3))),
       (mup.adam(1e-3, m64, nesterov=True), optax.adam(1e-3, nesterov=True)),
       (mup.lion(1e-3, m64), optax.lion(1e-3)),
       (mup.sgd(0.1, m64, momentum=0.9), optax.sgd(0.1, momentum=0.9)),
@@ -228,7 +234,7 @@ def test_transformer_leaf_classes(name, scan):
     assert sgd[path] == want_sgd, path
   wi = m.leaves['blocks/mlp/wi/kernel' if scan else 'block_0/mlp/wi/kernel']
   assert (wi.fan_in_mult, wi.fan_out_mult) == (4.0, 4.0)   # embed x4 -> mlp x4
-  assert m.readout_mult == 4.0
+  assert m.readout_width_mult == 4.0
   if scan:
     assert m.leaves['blocks/attn/query/kernel'].role == 'query'
 

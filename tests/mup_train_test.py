@@ -1,4 +1,4 @@
-"""config.mup in the trainer (runs, checkpoints, init_from + muP, optimizer) and the LR sweep."""
+"""config.mup in the trainer (runs, checkpoints, init_from + muP, optimizer); sweeps: mup_sweep_test."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import lm as lm_configs
-from hyperinit import checkpoint, models, mup
+from hyperinit import _checksums, checkpoint, models, mup
 from hyperinit import spec as spec_lib
 from hyperinit.train import mup as mup_train
 from hyperinit.train import loop, metrics, optim
@@ -84,6 +84,8 @@ def test_mup_run_trains_and_checkpoint_round_trips_multipliers(tmp_path):
   meta['mup']['multipliers']['leaves']['block_0/mlp/wi/kernel'][1] = 4.0
   with open(meta_file, 'w') as f:
     json.dump(meta, f)
+  # a deliberate edit, not corruption: re-sign the step (else it is set aside as broken)
+  _checksums.write(os.path.dirname(os.path.dirname(meta_file)))
   other.mup.enabled = True
   with pytest.raises(checkpoint.CheckpointError, match=r'block_0/mlp/wi/kernel'):
     loop.train_and_evaluate(other, workdir)
@@ -212,142 +214,28 @@ def test_optimizer_is_the_trainer_chain_with_mup_factors(name):
     rng = np.random.default_rng(0)
     params, grads = (jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32),
                                   models.param_shapes(cfg)) for _ in range(2))
-    sched = optim.make_schedule(opt, 10)
-    sp = _updates(optim.from_config(opt, 10, specs)[0], params, grads)
+    sp_tx = optim.from_config(opt, 10, specs)[0]
+    sp = _updates(sp_tx, params, grads)
     if cfg is base:   # muP at base width: bit-identical to the trainer's (SP) optimizer
       m = mup.config_multipliers(base, base)
-      got = _updates(optim.from_config(opt, 10, specs, m, wd_mode='width_invariant')[0],
-                     params, grads)
+      got = _updates(optim.from_config(opt, 10, specs, m, wd_mode='fixed')[0], params, grads)
       for k in sp:
         np.testing.assert_array_equal(got[k], sp[k], err_msg=k)
       continue
     # width x2: the hidden update is the SP update with its optimizer part / 2 (Adam) or x1
-    # (SGD: fan_out/fan_in); input-like and vector leaves x1 (Adam) or x2 (SGD).
+    # (SGD: fan_out/fan_in); input-like and vector leaves x1 (Adam) or x2 (SGD).  With
+    # wd_mode='fixed' the decay part D (SP's update at zero gradient: AdamW's decoupled decay,
+    # SGD's coupled L2 through momentum) is the same at every width: got = s (sp - D) + D.
     mults = mup.config_multipliers(mup.mup_config(wide, base), base)
-    got = _updates(optim.from_config(opt, 10, specs, mults, wd_mode='width_invariant',
+    got = _updates(optim.from_config(opt, 10, specs, mults, wd_mode='fixed',
                                      eps_mode='none')[0], params, grads)
-    flat_p = spec_lib.flatten(params)
-    lr = float(sched(1))
+    decay = _updates(sp_tx, params, jax.tree.map(np.zeros_like, grads))
     for k, want_sp in sp.items():
-      decayed = name == 'adamw' and k.endswith(('kernel', 'embedding'))
-      decay = -lr * 0.1 * np.asarray(flat_p[k]) if decayed else 0.0   # width-invariant
       s = mup.lr_multipliers(mults, 'adam' if name == 'adamw' else 'sgd')[k]
       cls = mults[k].cls
       assert s == {'adamw': {'hidden': 0.5}, 'sgd': {'input': 2.0, 'vector': 2.0,
                                                        'output': 2.0}}[name].get(cls, 1.0), k
-      np.testing.assert_allclose(got[k], (want_sp - decay) * s + decay, rtol=1e-5, atol=1e-8,
+      d = np.asarray(decay[k])
+      assert np.any(d != 0) == k.endswith(('kernel', 'embedding')), k   # the decay mask
+      np.testing.assert_allclose(got[k], (want_sp - d) * s + d, rtol=1e-5, atol=1e-8,
                                  err_msg=k)
-
-
-# --- the LR-transfer sweep ---------------------------------------------------------------
-
-def _pt(param, width, seed, lr, val):
-  return {'param': param, 'width': width, 'seed': seed, 'log2_lr': lr,
-          'status': 'ok' if val is not None else 'diverged', 'val_loss': val}
-
-
-def test_sweep_summary_argmins_shifts_edges_and_divergence():
-  from hyperinit.studies import mup_sweep_report as sweep_report  # pylint: disable=g-import-not-at-top
-  pts = []
-  for w, (best_sp, best_mup) in {64: (-8, -8), 128: (-9, -8), 512: (-12, -7)}.items():
-    for seed in (0, 1):
-      for lr in range(-12, -4):
-        # SP: optimum moves to the grid's low edge; at 512 the two largest rates diverge
-        sp = None if (w == 512 and lr >= -6) else 3.0 + 0.1 * abs(lr - best_sp) + 0.02 * seed
-        pts.append(_pt('sp', w, seed, lr, sp))
-        # muP: seed 1 at width 512 prefers -8; the largest rate diverged for seed 0 only
-        b = best_mup - (w == 512 and seed == 1)
-        pts.append(_pt('mup', w, seed, lr, None if (w == 512 and lr == -5 and seed == 0) else
-                       3.0 + 0.1 * abs(lr - b)))
-  s = sweep_report.summarize(pts)
-  sp = s['sp']
-  assert [sp['widths'][w]['argmin'] for w in (64, 128, 512)] == [-8, -9, -12]
-  assert sp['shift'] == -4 and sp['max_shift'] == 4 and sp['per_seed_shift'] == {0: -4, 1: -4}
-  assert sp['widths'][512]['edge'] and not sp['widths'][64]['edge']
-  assert sp['widths'][512]['diverged'] == [-6, -5]
-  assert sp['widths'][64]['seed_spread'] == pytest.approx(0.02)
-  mup_512 = s['mup']['widths'][512]
-  # seed mean: -7 and -8 tie at 3.05; the first (smaller) rate wins; per seed -7 and -8
-  assert mup_512['argmin'] == -8 and mup_512['per_seed'] == {0: -7, 1: -8}
-  assert mup_512['diverged'] == [-5]            # a rate where any seed diverged has no mean
-  assert mup_512['loss'] == pytest.approx(3.05)
-  assert s['mup']['per_seed_shift'] == {0: 1, 1: 0} and s['mup']['max_shift'] == 0
-  text = sweep_report.table(s)
-  assert '| 512 | -12 (-12, -12) (grid edge) | 3.0100 (±0.010) | -8 (-7, -8) | 3.0500' in text
-  assert 'SP: best log2 LR moves by -4 from width 64 to 512 (per seed: -4, -4)' in text
-  assert 'diverged log2 LRs: w512: -6, -5' in text
-  assert 'muP: best log2 LR moves by 0' in text
-  grid = sweep_report.grid_table(pts).splitlines()
-  assert grid[0] == '| | -12 | -11 | -10 | -9 | -8 | -7 | -6 | -5 |'
-  assert grid[4] == ('| SP 512 | **3.010** | 3.110 | 3.210 | 3.310 | 3.410 | 3.510 | div | div |')
-
-
-def _tiny_sweep_config():
-  from configs import mup_sweep  # pylint: disable=g-import-not-at-top
-  c = mup_sweep.get_config('local')
-  c.widths, c.base_width, c.parametrizations = (16, 32), 16, 'mup'
-  c.model.num_layers, c.model.num_heads = 1, 2
-  c.log2_lrs, c.seeds, c.steps, c.chunk = (-7.0, 14.0), 1, 4, 2
-  c.eval_batches, c.optimizer.warmup_steps, c.optimizer.grad_clip_norm = 1, 1, 0.0
-  return c
-
-
-def test_sweep_runs_records_divergence_and_resumes(tmp_path):
-  from hyperinit.studies import mup_sweep as sweep, mup_sweep_report as sweep_report  # pylint: disable=g-import-not-at-top
-  c = _tiny_sweep_config()
-  logs = []
-  out = sweep.run_sweep(c, str(tmp_path), log=logs.append)
-  pts = {(p['width'], p['log2_lr']): p for p in out['points']}
-  assert len(pts) == 4 and all(p['param'] == 'mup' and p['seed'] == 0 for p in pts.values())
-  for (width, lr), p in pts.items():
-    if lr == 14.0:     # LR 2^14 without clipping: the loss blows up (step 1 has LR 0: warm-up)
-      assert p['status'] == 'diverged' and p['val_loss'] is None and p['diverged_at'] <= 4, p
-    else:              # 4 steps: still near ln(256) = 5.55 but finite and below it
-      assert p['status'] == 'ok' and 3.0 < p['val_loss'] < math.log(256), p
-      assert 3.0 < p['train_loss'] < 6.0, p
-  assert pts[(16, -7.0)]['val_loss'] != pts[(32, -7.0)]['val_loss']
-  summary = sweep_report.write_outputs(str(tmp_path), out)
-  assert summary['mup']['widths'][32]['argmin'] == -7.0
-  assert summary['mup']['widths'][16]['diverged'] == [14.0]
-  assert sorted(os.listdir(tmp_path)) == ['results.json', 'summary.json', 'sweep.png', 'table.md']
-  assert '| 32 | -7 (-7) (grid edge) |' in (tmp_path / 'table.md').read_text()
-  # interrupted: drop the width-32 points; the rerun computes only those, identically
-  path = tmp_path / 'results.json'
-  saved = json.loads(path.read_text())
-  saved['points'] = [p for p in saved['points'] if p['width'] != 32]
-  path.write_text(json.dumps(saved))
-  logs.clear()
-  again = sweep.run_sweep(c, str(tmp_path), log=logs.append)
-  assert any('4 points (2 to run)' in m for m in logs), logs
-  assert sum('== ' in m for m in logs) == 1        # only width 32 runs (its program is cached)
-  strip = lambda ps: [{k: v for k, v in p.items() if k != 'seconds'} for p in ps]
-  assert strip(again['points']) == strip(out['points'])
-
-
-def test_sweep_resume_reuses_points_only_for_the_same_training_setup(tmp_path):
-  from hyperinit.studies import mup_sweep as sweep  # pylint: disable=g-import-not-at-top
-  c = _tiny_sweep_config()
-  conf = json.loads(c.to_json_best_effort())
-  point = {'param': 'sp', 'width': 16, 'seed': 0, 'log2_lr': -7.0, 'status': 'ok',
-           'val_loss': 5.0, 'train_loss': 5.1, 'diverged_at': None, 'seconds': 1.0}
-  path = str(tmp_path / 'results.json')
-  with open(path, 'w') as f:
-    json.dump({'config': conf, 'points': [point]}, f)
-  logs = []
-  assert list(sweep.saved_points(path, conf, logs.append)) == [('sp', 16, 0, -7.0)]
-  # a grown grid (more widths, rates, seeds) reuses what is there
-  grown = {**conf, 'widths': [16, 32, 64], 'log2_lrs': [-8.0, -7.0], 'seeds': 3}
-  assert len(sweep.saved_points(path, grown, logs.append)) == 1
-  # anything that changes a run's training starts over, naming the field
-  for field, value in [('steps', 8), ('base_width', 8)]:
-    assert sweep.saved_points(path, {**conf, field: value}, logs.append) == {}
-    assert f"other ['{field}']: starting over" in logs[-1]
-  other_mup = {**conf, 'mup': {**conf['mup'], 'readout_init': 'zero'}}
-  assert sweep.saved_points(path, other_mup, logs.append) == {}
-  with open(path, 'w') as f:
-    json.dump({'points': []}, f)
-  with pytest.raises(ValueError, match='results.json'):
-    sweep.saved_points(path, conf)
-  c.parametrizations = 'sp,ntk'
-  with pytest.raises(ValueError, match="'sp,ntk'"):
-    sweep.run_sweep(c)

@@ -87,7 +87,9 @@ class Linear(nn.Module):
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     y = jax.lax.dot_general(x.astype(dt), kernel.astype(dt), (contract, ((), ())))
     if self.use_bias:
-      bias = self.param('bias', annotated(zeros_init, self.out_axes, (), self.role),
+      # The role names the kernel; a readout's bias is an ordinary (vector-like) leaf.
+      bias_role = '' if self.role == 'readout' else self.role
+      bias = self.param('bias', annotated(zeros_init, self.out_axes, (), bias_role),
                         tuple(self.out_shape), _dtype(self.cfg.param_dtype))
       y = y + bias.astype(dt)
     return y

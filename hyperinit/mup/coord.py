@@ -146,11 +146,9 @@ def _xent(logits, labels):
 
 
 def _optimizer(optimizer: str, lr: float, mults, **kw):
-  if optimizer == 'adam':
-    return optim.adam(lr, mults, **kw)
-  if optimizer == 'sgd':
-    return optim.sgd(lr, mults, **kw)
-  raise ValueError(f'optimizer={optimizer!r}; expected adam or sgd')
+  if optimizer not in ('adam', 'sgd'):
+    raise ValueError(f'optimizer={optimizer!r}; expected adam or sgd')
+  return optim.make_optimizer(optimizer, lr, mults, **kw)
 
 
 def _check_param(param: str):
@@ -172,7 +170,7 @@ def mlp_setup(param: str, optimizer: str, lr: float, *, base_width: int = 64, de
     mults, out_mult = None, 1.0
     if param == 'mup':
       mults = mlp_multipliers(width, base_width, depth, in_dim, out_dim)
-      out_mult = 1.0 / mults.readout_mult
+      out_mult = 1.0 / mults.readout_width_mult
     module = MLP((width,) * depth, out_dim, out_mult, activation)
 
     def init(key):

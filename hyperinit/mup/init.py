@@ -54,7 +54,8 @@ def _std_factor(v, scheme: str, readout: str) -> float:
 
 def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
                  scheme_overrides: Mapping[str, str] | None = None, readout: str = 'zero',
-                 zero_query: bool = False) -> dict[str, float]:
+                 zero_query: bool = False, hidden_init_mult: float = 1.0,
+                 readout_init_mult: float = 1.0) -> dict[str, float]:
   """path -> factor applied to the standard init (0.0 means zero-initialised).
 
   Args:
@@ -65,6 +66,9 @@ def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
     scheme_overrides: path -> scheme for leaves initialised differently.
     readout: 'zero', 'base' (std of the base width's init) or 'keep'.
     zero_query: zero every leaf with role 'query' (kernel and bias).
+    hidden_init_mult, readout_init_mult: base hyper-parameters (`BaseHParams`):
+      std of hidden and bottleneck leaves, and of the readout, x this at every
+      width (the same number at the base and the target).
   """
   for name, val, allowed in (('init_scheme', init_scheme, INIT_SCHEMES),
                              ('readout', readout, READOUT_INITS)):
@@ -81,7 +85,12 @@ def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
     if zero_query and v.role == 'query':
       out[path] = 0.0
     else:
-      out[path] = _std_factor(v, overrides.get(path, init_scheme), readout)
+      f = _std_factor(v, overrides.get(path, init_scheme), readout)
+      if v.cls in ('hidden', 'bottleneck'):
+        f *= hidden_init_mult
+      elif v.cls == 'output':
+        f *= readout_init_mult
+      out[path] = float(f)
   return out
 
 
@@ -95,7 +104,8 @@ def rescale_init(params: Any, mults: Multipliers, **kwargs) -> Any:
 
 
 def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero',
-                zero_query: bool = False) -> Any:
+                zero_query: bool = False, hidden_init_mult: float = 1.0,
+                readout_init_mult: float = 1.0) -> Any:
   """muP init of a hyperinit model: its standard init at `cfg`'s width, rescaled.
 
   The scheme is the config's own (`cfg.init`: 'normal' = N(0, init_std),
@@ -104,7 +114,8 @@ def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero
   """
   params = models.init_params(cfg, rng)
   return rescale_init(params, mults, init_scheme=cfg.init, readout=readout,
-                      zero_query=zero_query)
+                      zero_query=zero_query, hidden_init_mult=hidden_init_mult,
+                      readout_init_mult=readout_init_mult)
 
 
 def mup_config(cfg, base_cfg, *, output_mult: float | None = None,
@@ -132,7 +143,7 @@ def mup_config(cfg, base_cfg, *, output_mult: float | None = None,
     residual_mult (and scale_residual_init) set.
   """
   mults = config_multipliers(cfg, base_cfg, depth_alpha=depth_alpha)
-  m = mults.readout_mult
+  m = mults.readout_width_mult
   if output_mult is None:
     output_mult = base_cfg.logits_mult
   if attn_mult is None:

@@ -8,7 +8,8 @@ Every kernel carries a `ParamSpec`: the first layer ('input', ('features',
 axis name so a mesh can shard consecutive layers on different axes.
 
 The readout's forward multiplier multiplies x . W only, not the bias (as
-microsoft/mup's MuReadout does), so the bias keeps class 'finite'.
+microsoft/mup's MuReadout does); the bias has no role (only the kernel is
+annotated 'readout') and class 'finite' (no width dim).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', annotated(fan_in_init(self.init_scale), self.axes, (0,),
                                             self.role), (x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', annotated(zeros_init, self.axes[1:], (), self.role),
+    bias_role = '' if self.role == 'readout' else self.role   # the readout's bias is vector-like
+    bias = self.param('bias', annotated(zeros_init, self.axes[1:], (), bias_role),
                       (self.features,), jnp.float32)
     return self.mult * (x @ kernel) + bias
 

@@ -28,20 +28,30 @@ Dey et al. 2025, arXiv 2505.01618; depth-muP, Yang et al. 2023,
 arXiv 2310.02244, Adam LR / sqrt(L)) and L_m^(2 alpha - 1) for SGD (so each
 block's feature update stays Theta(1/L)).
 
-Weight decay (`wd_mode`), with lr the scheduled rate and s the leaf's factor:
+Weight decay: one story for every optimizer.  `weight_decay` means what it
+means in torch (so each builder matches a microsoft/mup optimizer): decoupled
+(added to the update after the direction, times the learning rate) for adamw,
+lion and adafactor (whose decay optax does not multiply by lr); coupled L2
+(added to the gradient before the direction) for adam and sgd.  `wd_mode` says whether the decay follows the leaf's update
+factor s (muP's learning-rate multiplier times any `lr_factors`):
 
-* 'width_invariant': the per-step decay is lr * wd for every leaf, at every
-  width (microsoft/mup MuAdamW's default, which multiplies hidden wd by m).
-  Implemented by placing the muP scale *before* `add_decayed_weights`.
-* 'decoupled': the per-step decay is lr * s * wd (the decay shrinks with the
-  leaf's learning rate; microsoft/mup's decoupled_wd=True with torch AdamW).
-  The muP scale sits *after* `add_decayed_weights`.
+* 'fixed' (default): the per-step decay is lr * wd for every leaf at every
+  width, as if s did not touch it: decoupled decay sits after the factors, and
+  coupled decay uses the rate wd / s.  This is microsoft/mup's default
+  (decoupled_wd=False), which divides each param group's weight_decay by the
+  factor it multiplies the group's lr by (hidden Adam wd x m).
+* 'follows_lr': the per-step decay is lr * s * wd: decoupled decay sits before
+  the factors, coupled decay uses the rate wd.  This is microsoft/mup's
+  decoupled_wd=True with torch's AdamW / Adam / SGD, whose decay is
+  multiplied by the group's lr.
+
+docs/mup.md has the table (which call equals which microsoft/mup setting).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +59,11 @@ import optax
 
 from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers
-from hyperinit.mup.transforms import leaf_factors, lookup, scale_by_adam, scale_per_leaf
+from hyperinit.mup.transforms import (add_decayed_weights_per_leaf, leaf_factors, lookup,
+                                      scale_by_adam_leaf_eps, scale_per_leaf)
 
 RULES = ('adam', 'sgd', 'adafactor_relative')
-WD_MODES = ('width_invariant', 'decoupled')
+WD_MODES = ('fixed', 'follows_lr')
 EPS_MODES = ('all', 'hidden', 'none')
 KINDS = ('adam', 'adamw', 'lion', 'sgd', 'adafactor')
 
@@ -100,7 +111,7 @@ def eps_multipliers(mults: Multipliers, mode: str = 'all') -> dict[str, float]:
   """
   _check('eps_mode', mode, EPS_MODES)
   alpha = mults.depth_alpha
-  m_out = mults.readout_mult if mode == 'all' else 1.0
+  m_out = mults.readout_width_mult if mode == 'all' else 1.0
   out = {}
   for path, v in mults.leaves.items():
     e = 1.0
@@ -117,9 +128,10 @@ def eps_multipliers(mults: Multipliers, mode: str = 'all') -> dict[str, float]:
 def scale_by_mup(mults: Multipliers | None, rule: str = 'adam') -> optax.GradientTransformation:
   """Per-leaf muP learning-rate factors; identity when `mults` is None (plain SP).
 
-  Place it after the optimizer's normaliser (`scale_by_adam`, `scale_by_lion`,
-  `clip_by_block_rms`, a momentum `trace`) and before `scale_by_learning_rate`;
-  before `add_decayed_weights` for width-invariant decay, after it for decoupled.
+  Place it after the optimizer's normaliser (`scale_by_adam_leaf_eps`,
+  `scale_by_lion`, `clip_by_block_rms`, a momentum `trace`) and before
+  `scale_by_learning_rate`; before `add_decayed_weights` for wd_mode='fixed',
+  after it for 'follows_lr'.
   """
   if mults is None:
     return optax.identity()
@@ -146,45 +158,56 @@ def decay_mask(specs: Any = None, params: Any = None) -> Any:
 
 
 def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
-          scale: optax.GradientTransformation | None = None, wd_mode: str = 'width_invariant',
-          weight_decay=None, mask=None, l2=None, grad_clip: float | None = None,
+          factors: Mapping[str, float] | None = None, wd_mode: str = 'fixed',
+          decoupled_decay=None, coupled_decay=None, mask=None,
+          grad_clip: float | None = None,
           relative_step: Sequence[optax.GradientTransformation] | None = None
           ) -> optax.GradientTransformation:
   """The one optimizer chain (a flat `optax.chain`, so its state is a flat tuple):
 
-      [clip_by_global_norm] -> [coupled L2] -> direction
-        -> width_invariant: [scale] -> [decoupled decay]
-           decoupled:       [decoupled decay] -> [scale]
+      [clip_by_global_norm] -> [coupled decay] -> direction
+        -> fixed:      [factors] -> [decoupled decay]
+           follows_lr: [decoupled decay] -> [factors]
         -> scale_by_learning_rate(learning_rate)
 
   Args:
     direction: the base optimizer's normaliser (scale_by_adam, a momentum
       trace, scale_by_lion, Adafactor's factored RMS + block clipping); may be empty.
     learning_rate: float or optax schedule (ignored with `relative_step`).
-    scale: per-leaf update scale (muP factors, `scale_per_leaf`), or None.
-    wd_mode: where `scale` sits relative to the decoupled decay (module doc):
-      'width_invariant' before it (the decay is lr * wd at every width),
-      'decoupled' after it (the decay is scaled too, lr * s * wd).
-    weight_decay: decoupled (AdamW-style) decay rate, or None.
-    mask: weight-decay mask (tree or callable) for both kinds of decay.
-    l2: coupled L2 rate: wd * params added to the gradient before the
-      direction (so it is normalised and scaled with it), or None.
+    factors: per-leaf update factors s {path: float} (muP's learning-rate
+      multipliers times any extra ones), or None.
+    wd_mode: whether the decay follows s (module doc, "Weight decay"):
+      'fixed': the per-step decay is lr * wd for every leaf (decoupled decay
+      after the factors; coupled decay at rate wd / s);
+      'follows_lr': lr * s * wd (decoupled decay before the factors; coupled
+      decay at rate wd, then normalised and scaled with the gradient).
+    decoupled_decay: AdamW-style rate (added to the update after the
+      direction), or None.
+    coupled_decay: L2 rate (added to the gradient before the direction, as
+      torch's Adam and SGD `weight_decay`), or None.
+    mask: weight-decay mask (tree or callable).
     grad_clip: global-norm clipping threshold, or None.
     relative_step: Adafactor's tail (optax.adafactor's order, which these
       reproduce exactly): these transforms (lr without sign flip, RMS(param),
-      momentum) replace the final learning rate, go after a width-invariant
-      `scale` and before the decay, and the chain ends in scale(-1), so the
-      decay is not multiplied by the learning rate.
+      momentum) replace the final learning rate, go after 'fixed' factors
+      and before the decay, and the chain ends in scale(-1), so the decay is
+      not multiplied by the learning rate.
   """
   _check('wd_mode', wd_mode, WD_MODES)
   parts = [] if grad_clip is None else [optax.clip_by_global_norm(grad_clip)]
-  if l2 is not None:
-    parts.append(optax.add_decayed_weights(l2, mask))
+  if coupled_decay is not None:
+    rates = None
+    if factors is not None and wd_mode == 'fixed':
+      zero = sorted(k for k, v in factors.items() if v == 0.0)
+      if zero:
+        raise ValueError(f"wd_mode='fixed' with coupled decay divides the rate by each leaf's "
+                         f'update factor, which is 0 for {zero[:3]}')
+      rates = {k: 1.0 / v for k, v in factors.items()}
+    parts.append(add_decayed_weights_per_leaf(coupled_decay, rates, mask))
   parts += list(direction)
-  pre, post = ([scale], []) if wd_mode == 'width_invariant' else ([], [scale])
-  if scale is None:
-    pre, post = [], []
-  decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay, mask)]
+  scale = [] if factors is None else [scale_per_leaf(factors, 'learning-rate multiplier')]
+  pre, post = (scale, []) if wd_mode == 'fixed' else ([], scale)
+  decay = [] if decoupled_decay is None else [optax.add_decayed_weights(decoupled_decay, mask)]
   if relative_step is None:
     parts += pre + decay + post + [optax.scale_by_learning_rate(learning_rate)]
   else:
@@ -192,75 +215,81 @@ def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
   return optax.chain(*parts)
 
 
-def _scale(mults: Multipliers | None, rule: str, lr_factors: Any
-           ) -> optax.GradientTransformation | None:
-  """muP's factors (by `rule`) times any extra per-leaf `lr_factors`; None when neither."""
+def update_factors(mults: Multipliers | None, rule: str, lr_factors: Any = None
+                   ) -> dict[str, float] | None:
+  """Per-leaf update factors: muP's (by `rule`) times any extra `lr_factors`; None when neither.
+
+  lr_factors: {path: float} or a params-shaped tree of floats (e.g.
+  `BaseHParams.lr_factors(mults)` or `cloning.update_multipliers(plan)`); with
+  muP it must name every leaf.
+  """
   if mults is None and lr_factors is None:
     return None
   if lr_factors is None:
-    return scale_by_mup(mults, rule)
+    return lr_multipliers(mults, rule)
   extra = leaf_factors(lr_factors)
   if mults is None:
-    return scale_per_leaf(extra, 'learning-rate factor')
+    return extra
   table = lr_multipliers(mults, rule)
   missing = sorted(set(table) - set(extra))
   if missing:
     raise KeyError(f'lr_factors has no factor for leaves {missing[:3]}')
-  return scale_per_leaf({k: v * extra[k] for k, v in table.items()}, 'learning-rate multiplier')
+  return {k: v * extra[k] for k, v in table.items()}
 
 
 def _eps_scales(mults, eps_mode):
   return None if mults is None else eps_multipliers(mults, eps_mode)
 
 
+def _adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode):
+  return [scale_by_adam_leaf_eps(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+                                 eps_scales=_eps_scales(mults, eps_mode))]
+
+
 def adamw(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None,
-          weight_decay=1e-4, mask=None, *, nesterov: bool = False,
-          wd_mode: str = 'width_invariant', eps_mode: str = 'all', grad_clip=None, l2=None,
-          lr_factors: Any = None) -> optax.GradientTransformation:
-  """muP AdamW; `optax.adamw` (same defaults) when mults is None or at base width.
-
-  grad_clip, l2 and lr_factors: see `make_optimizer`.
-  """
-  direction = [scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
-                             eps_scales=_eps_scales(mults, eps_mode))]
-  return chain(direction, learning_rate, scale=_scale(mults, 'adam', lr_factors),
-               wd_mode=wd_mode, weight_decay=weight_decay, mask=mask, l2=l2, grad_clip=grad_clip)
+          weight_decay=1e-4, mask=None, *, nesterov: bool = False, wd_mode: str = 'fixed',
+          eps_mode: str = 'all', grad_clip=None, lr_factors: Any = None
+          ) -> optax.GradientTransformation:
+  """muP AdamW (decoupled decay: microsoft/mup's MuAdamW); `optax.adamw` (same defaults)
+  when mults is None or at base width.  grad_clip, lr_factors: see `make_optimizer`."""
+  return chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode),
+               learning_rate, factors=update_factors(mults, 'adam', lr_factors),
+               wd_mode=wd_mode, decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
 
 
 def adam(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
-         eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None, *,
-         nesterov: bool = False, eps_mode: str = 'all', mask=None, **common
-         ) -> optax.GradientTransformation:
-  """muP Adam (no decoupled decay; `l2=` adds coupled L2 under `mask`); `optax.adam` at
-  base width.  common: grad_clip, l2, lr_factors, wd_mode (see `make_optimizer`)."""
-  return adamw(learning_rate, mults, b1, b2, eps, eps_root, mu_dtype, None, mask,
-               nesterov=nesterov, eps_mode=eps_mode, **common)
+         eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None, weight_decay=None,
+         mask=None, *, nesterov: bool = False, wd_mode: str = 'fixed', eps_mode: str = 'all',
+         grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
+  """muP Adam; `weight_decay` is coupled L2 (torch's Adam; microsoft/mup's MuAdam).  Without
+  decay it is `optax.adam` at base width; with it, chain(add_decayed_weights, optax.adam)."""
+  return chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode),
+               learning_rate, factors=update_factors(mults, 'adam', lr_factors),
+               wd_mode=wd_mode, coupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
 
 
 def lion(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.99,
-         mu_dtype: Any = None, weight_decay=1e-3, mask=None, *,
-         wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
-  """muP Lion (sign updates of unit size: the Adam-like rule); `optax.lion` at base width."""
-  lr_factors = common.pop('lr_factors', None)
+         mu_dtype: Any = None, weight_decay=1e-3, mask=None, *, wd_mode: str = 'fixed',
+         grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
+  """muP Lion (sign updates of unit size: the Adam-like rule; decoupled decay as optax's);
+  `optax.lion` at base width."""
   return chain([optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)], learning_rate,
-               scale=_scale(mults, 'adam', lr_factors), wd_mode=wd_mode,
-               weight_decay=weight_decay, mask=mask, **common)
+               factors=update_factors(mults, 'adam', lr_factors), wd_mode=wd_mode,
+               decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
 
 
 def sgd(learning_rate, mults: Multipliers | None, momentum: float | None = None,
         nesterov: bool = False, accumulator_dtype: Any = None, weight_decay=None, mask=None, *,
-        wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
-  """muP SGD.  `optax.sgd` at base width when weight_decay is None; with weight
-  decay it is SGDW (decay added after momentum, like AdamW), i.e.
-  chain(trace, add_decayed_weights, scale_by_learning_rate) at base width;
-  `l2=` is coupled L2 (added to the gradient before momentum) instead.
-  """
-  lr_factors = common.pop('lr_factors', None)
+        wd_mode: str = 'fixed', grad_clip=None, lr_factors: Any = None
+        ) -> optax.GradientTransformation:
+  """muP SGD; `weight_decay` is coupled L2 added to the gradient before momentum (torch's
+  SGD; microsoft/mup's MuSGD).  `optax.sgd` at base width without decay; with it,
+  chain(add_decayed_weights, optax.sgd)."""
   direction = [] if momentum is None else [
       optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)]
-  return chain(direction, learning_rate, scale=_scale(mults, 'sgd', lr_factors),
-               wd_mode=wd_mode, weight_decay=weight_decay, mask=mask, **common)
+  return chain(direction, learning_rate, factors=update_factors(mults, 'sgd', lr_factors),
+               wd_mode=wd_mode, coupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
 
 
 def adafactor(learning_rate=None, mults: Multipliers | None = None,
@@ -268,8 +297,8 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
               decay_offset: int = 0, multiply_by_parameter_scale: bool = True,
               clipping_threshold: float | None = 1.0, momentum: float | None = None,
               dtype_momentum: Any = jnp.float32, weight_decay_rate=None, eps: float = 1e-30,
-              factored: bool = True, weight_decay_mask=None, *,
-              wd_mode: str = 'width_invariant', **common) -> optax.GradientTransformation:
+              factored: bool = True, weight_decay_mask=None, *, wd_mode: str = 'fixed',
+              grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
   """muP Adafactor; `optax.adafactor` (same defaults and chain) at base width.
 
   The factored second moment normalises each entry to Theta(1) like Adam (its
@@ -283,9 +312,8 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
   init, as muP arranges.  Set `min_dim_size_to_factor` <= the base width so
   that the base and the target factor the same leaves.  optax's Adafactor adds
   its decay after the learning rate (the decay is not multiplied by lr):
-  'width_invariant' keeps it at wd per step, 'decoupled' scales it by s.
+  'fixed' keeps it at wd per step, 'follows_lr' scales it by s.
   """
-  lr_factors = common.pop('lr_factors', None)
   rule = 'adafactor_relative' if multiply_by_parameter_scale else 'adam'
   direction = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
                                            min_dim_size_to_factor, eps)]
@@ -297,9 +325,9 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
     step.append(optax.scale_by_param_block_rms())
   if momentum is not None:
     step.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
-  return chain(direction, learning_rate, scale=_scale(mults, rule, lr_factors), wd_mode=wd_mode,
-               weight_decay=weight_decay_rate, mask=weight_decay_mask, relative_step=step,
-               **common)
+  return chain(direction, learning_rate, factors=update_factors(mults, rule, lr_factors),
+               wd_mode=wd_mode, decoupled_decay=weight_decay_rate, mask=weight_decay_mask,
+               grad_clip=grad_clip, relative_step=step)
 
 
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -307,7 +335,7 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 def make_optimizer(kind: str, learning_rate, mults: Multipliers | None = None, *,
-                   grad_clip: float | None = None, l2=None, lr_factors: Any = None,
+                   grad_clip: float | None = None, lr_factors: Any = None,
                    **kwargs) -> optax.GradientTransformation:
   """The one optimizer constructor: `chain` for `kind` in KINDS.
 
@@ -318,20 +346,22 @@ def make_optimizer(kind: str, learning_rate, mults: Multipliers | None = None, *
       the module doc), or None for the standard parametrisation (the plain
       optax optimizer, through the same code path).
     grad_clip: global-norm clipping threshold, first in the chain, or None.
-    l2: coupled L2 rate (added to the gradient before the direction), or None.
     lr_factors: extra static per-leaf update factors ({path: float} or a
-      params-shaped tree of floats, e.g. `cloning.update_multipliers(plan)`),
-      multiplied into muP's; they sit where muP's factors do (`wd_mode`).
+      params-shaped tree of floats, e.g. muP's `BaseHParams.lr_factors(mults)`
+      or `cloning.update_multipliers(plan)`), multiplied into muP's; they sit
+      where muP's factors do and count as part of s for `wd_mode`.
     **kwargs: the builder's own (b1, b2, eps, weight_decay, mask, wd_mode,
-      eps_mode, momentum, nesterov, ...).
+      eps_mode, momentum, nesterov, ...).  `weight_decay` is decoupled for
+      adamw, lion (and adafactor's weight_decay_rate), coupled L2 for adam and
+      sgd, as in torch and microsoft/mup (module doc, "Weight decay").
 
   Returns:
     A flat optax chain: `tx.update(grads, state, params)` -> (updates, state),
     updates shaped like params.
   """
   _check('optimizer kind', kind, KINDS)
-  return _BUILDERS[kind](learning_rate, mults, grad_clip=grad_clip, l2=l2,
-                         lr_factors=lr_factors, **kwargs)
+  return _BUILDERS[kind](learning_rate, mults, grad_clip=grad_clip, lr_factors=lr_factors,
+                         **kwargs)
 
 
 def lr_tree(mults: Multipliers, like: Any, rule: str = 'adam') -> Any:

@@ -119,10 +119,12 @@ class Multipliers:
     return len(self.leaves)
 
   @property
-  def readout_mult(self) -> float:
-    """Width multiplier of the readout's input (m in the forward multiplier output_mult/m).
+  def readout_width_mult(self) -> float:
+    """m: the width ratio (target / base) of the readout's input.
 
-    Read from the untied readout's fan-in or the tied embedding's fan-out.
+    Not the forward multiplier: that is output_mult / m (`mup_config` sets
+    `logits_mult` to it).  Read from the untied readout's fan-in or the tied
+    embedding's fan-out.
     """
     ms = {v.fan_in_mult for v in self.leaves.values() if v.cls == 'output'}
     ms |= {v.fan_out_mult for v in self.leaves.values() if v.role == 'tied_embedding'}

@@ -85,12 +85,48 @@ def scale_per_leaf(factors: Any, what: str = 'scale') -> optax.GradientTransform
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+def add_decayed_weights_per_leaf(rate: float, factors: Any = None,
+                                 mask: Any = None) -> optax.GradientTransformation:
+  """optax transform: updates + rate * factors[path] * params (coupled L2 with per-leaf rates).
+
+  Args:
+    rate: the base decay rate (a float; schedules are not supported here).
+    factors: {path: float} or a params-shaped tree of floats, or None (all 1).
+      With every factor 1 (or None) this *is* `optax.add_decayed_weights(rate,
+      mask)`, so updates stay bit-identical to optax's.
+    mask: which leaves decay (tree of bools or a callable), as in optax.
+  """
+  table = None if factors is None else leaf_factors(factors)
+  if table is None or set(table.values()) <= {1.0}:
+    return optax.add_decayed_weights(rate, mask)
+  if callable(rate):
+    raise TypeError('add_decayed_weights_per_leaf needs a float rate, not a schedule')
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('add_decayed_weights_per_leaf needs params: call tx.update(grads, '
+                       'state, params)')
+
+    def one(path, g, p):
+      r = rate * lookup(table, path, 'weight-decay factor')
+      return g if r == 0.0 else g + jnp.asarray(r, p.dtype) * p
+    return jax.tree_util.tree_map_with_path(one, updates, params), state
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)
+
+
+def scale_by_adam_leaf_eps(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
                   mu_dtype: Any = None, *, nesterov: bool = False,
                   eps_scales: Any = None) -> optax.GradientTransformation:
   """`optax.scale_by_adam` with a per-leaf epsilon eps * eps_scales[path].
 
-  Same state (`optax.ScaleByAdamState`) and, at eps_scales == 1, the same
+  Named apart from optax's transform because it takes one more argument (and
+  is muP's: `eps_scales` = `optim.eps_multipliers`).  Same state (`optax.ScaleByAdamState`) and, at eps_scales == 1, the same
   arithmetic as optax, so updates are bit-identical there; eps_scales=None is
   optax's transform itself.
   """

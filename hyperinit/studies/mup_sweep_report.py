@@ -1,11 +1,12 @@
-"""µTransfer LR sweep results: argmin per width, markdown table, plot, files.
+"""µTransfer sweep results: best LR per size, loss at the base's best LR, tables, plot, files.
 
-Works on the sweep's points as plain dicts (`hyperinit.mup.sweep.Point` as
-saved in results.json), so a notebook can load results.json and call these.
+Works on the sweep's records as plain dicts (`mup_sweep.Record` as saved in
+results.json; `size` is the record's width or depth, by the sweep's mode), so
+a notebook can load docs/results/mup_width_sweep.json and call these.
 
-    summary = summarize(points)     # best log2 LR per width (seed mean and per seed), shifts
-    print(table(summary))
-    plot(points, 'sweep.png')
+    summary = summarize(records, 'width')   # per param and width: argmins, losses, spreads
+    print(tables(summary, baselines))
+    plot(records, 'width', 'sweep.png', baselines)
 """
 
 from __future__ import annotations
@@ -22,175 +23,238 @@ from hyperinit.studies import plots
 
 PARAMETRIZATIONS = ('sp', 'mup')
 LABELS = {'sp': 'SP', 'mup': 'muP'}
+write_json = _io.write_json
 
 
 # --- analysis ------------------------------------------------------------------------------
 
-def _curve(points: Sequence[dict], param: str, width: int, seed: int | None = None):
+def _rows(records, param, mode, size, seed=None):
+  return [r for r in records if r['param'] == param and r[mode] == size
+          and (seed is None or r['seed'] == seed)]
+
+
+def curve(records: Sequence[dict], param: str, mode: str, size: int, seed: int | None = None,
+          key: str = 'val_loss') -> dict[float, float]:
   """{log2_lr: loss} (seed mean when seed is None; inf where any seed diverged)."""
-  rows = [p for p in points if p['param'] == param and p['width'] == width
-          and (seed is None or p['seed'] == seed)]
   out: dict[float, list[float]] = {}
-  for p in rows:
-    out.setdefault(p['log2_lr'], []).append(math.inf if p['val_loss'] is None else p['val_loss'])
+  for r in _rows(records, param, mode, size, seed):
+    out.setdefault(r['log2_lr'], []).append(math.inf if r['diverged'] else r[key])
   return {lr: float(np.mean(v)) for lr, v in sorted(out.items())}
 
 
-def _argmin(curve: dict[float, float]) -> float | None:
-  finite = {lr: v for lr, v in curve.items() if math.isfinite(v)}
+def argmin(c: dict[float, float]) -> float | None:
+  finite = {lr: v for lr, v in c.items() if math.isfinite(v)}
   return min(finite, key=finite.get) if finite else None
 
 
-def _seed_spread(points: Sequence[dict], param: str, width: int) -> float | None:
-  """Mean over learning rates of the max - min held-out loss across seeds (finite runs only)."""
-  by_lr: dict[float, list[float]] = {}
-  for p in points:
-    if p['param'] == param and p['width'] == width and p['val_loss'] is not None:
-      by_lr.setdefault(p['log2_lr'], []).append(p['val_loss'])
-  spreads = [max(v) - min(v) for v in by_lr.values() if len(v) > 1]
-  return float(np.mean(spreads)) if spreads else None
+def at_lr(records: Sequence[dict], param: str, mode: str, size: int, lr: float | None,
+          key: str = 'val_loss') -> dict[str, Any] | None:
+  """Seed mean, seed spread (max - min) and per-seed values of `key` at one LR; None when
+  the LR was not run or any seed diverged there."""
+  rows = [r for r in _rows(records, param, mode, size) if r['log2_lr'] == lr]
+  if lr is None or not rows or any(r['diverged'] for r in rows):
+    return None
+  v = [r[key] for r in sorted(rows, key=lambda r: r['seed'])]
+  return {'mean': float(np.mean(v)), 'spread': float(max(v) - min(v)), 'per_seed': v}
 
 
-def summarize(points: Sequence[dict]) -> dict[str, Any]:
-  """Best log2 LR per parametrisation and width (seed mean and per seed) and its shift.
-
-  A learning rate where any seed diverged has no seed mean (it cannot be the
-  argmin); an argmin at either end of a width's grid is flagged as `edge` (the
-  true optimum may lie outside, so a shift involving it is only a bound).
+def summarize(records: Sequence[dict], mode: str) -> dict[str, Any]:
+  """Per parametrisation and size (width or depth, by `mode`).
 
   Returns:
-    {param: {'widths': {width: {'argmin', 'loss', 'per_seed', 'diverged', 'edge',
-                                'seed_spread'}},
-             'shift': argmin(widest) - argmin(narrowest) in log2 units (None if undefined),
-             'max_shift': largest |argmin(w) - argmin(narrowest)| over widths,
-             'per_seed_shift': {seed: shift}}}
+    {param: {'base_size', 'base_argmin',
+             'sizes': {size: {'argmin' (seed-mean best log2 LR), 'per_seed' {seed: argmin},
+                              'edge' (argmin at the end of this size's grid), 'diverged' [lrs],
+                              'shift' (argmin - base_argmin), 'best' (at_lr at the argmin),
+                              'best_tail' (train-tail at the argmin),
+                              'at_base_lr' (at_lr at base_argmin), 'at_base_lr_tail'}}}}
   """
   out: dict[str, Any] = {}
-  for param in sorted({p['param'] for p in points}, key=PARAMETRIZATIONS.index):
-    widths = sorted({p['width'] for p in points if p['param'] == param})
-    seeds = sorted({p['seed'] for p in points if p['param'] == param})
-    per_w = {}
-    for w in widths:
-      curve = _curve(points, param, w)
-      best = _argmin(curve)
-      per_w[w] = {'argmin': best, 'loss': None if best is None else curve[best],
-                  'per_seed': {s: _argmin(_curve(points, param, w, s)) for s in seeds},
-                  'diverged': sorted(lr for lr, v in curve.items() if not math.isfinite(v)),
-                  'edge': best is not None and best in (min(curve), max(curve)),
-                  'seed_spread': _seed_spread(points, param, w)}
-    first, last = per_w[widths[0]], per_w[widths[-1]]
-
-    def shift(a, b):
-      return None if a is None or b is None else b - a
-    shifts = [shift(first['argmin'], per_w[w]['argmin']) for w in widths]
-    out[param] = {
-        'widths': per_w, 'shift': shift(first['argmin'], last['argmin']),
-        'max_shift': None if None in shifts else max(abs(s) for s in shifts),
-        'per_seed_shift': {s: shift(first['per_seed'][s], last['per_seed'][s]) for s in seeds}}
+  for param in [p for p in PARAMETRIZATIONS if any(r['param'] == p for r in records)]:
+    sizes = sorted({r[mode] for r in records if r['param'] == param})
+    seeds = sorted({r['seed'] for r in records if r['param'] == param})
+    base_lr = argmin(curve(records, param, mode, sizes[0]))
+    per = {}
+    for n in sizes:
+      c = curve(records, param, mode, n)
+      best = argmin(c)
+      per[n] = {'argmin': best,
+                'per_seed': {s: argmin(curve(records, param, mode, n, s)) for s in seeds},
+                'edge': best is not None and len(c) > 1 and best in (min(c), max(c)),
+                'diverged': [lr for lr, v in c.items() if not math.isfinite(v)],
+                'shift': None if best is None or base_lr is None else best - base_lr,
+                'best': at_lr(records, param, mode, n, best),
+                'best_tail': at_lr(records, param, mode, n, best, 'train_tail_loss'),
+                'at_base_lr': at_lr(records, param, mode, n, base_lr),
+                'at_base_lr_tail': at_lr(records, param, mode, n, base_lr, 'train_tail_loss')}
+    out[param] = {'base_size': sizes[0], 'base_argmin': base_lr, 'sizes': per}
   return out
 
 
-def table(summary: dict[str, Any]) -> str:
-  """Markdown table: best log2 LR per width (seed mean; per seed in brackets), its loss, the
-  seed-to-seed loss spread, and a note per parametrisation with the shifts and divergences."""
+# --- tables --------------------------------------------------------------------------------
+
+def _fmt(v, spec='g'):
+  return '—' if v is None else format(v, spec)
+
+
+def _loss(x):
+  return '—' if x is None else f'{x["mean"]:.4f} ± {x["spread"] / 2:.4f}'
+
+
+def tables(summary: dict[str, Any], mode: str, baselines: dict[str, float] | None = None) -> str:
+  """Markdown: (1) best log2 LR per size (seed mean; per seed), (2) validation and train-tail
+  loss at the base size's best LR, (3) each parametrisation at its own best LR; ± is half
+  the seed-to-seed range.  Baselines (bigram, unigram) in a closing line."""
   params = list(summary)
-  widths = sorted({w for s in summary.values() for w in s['widths']})
-  head = '| width | ' + ' | '.join(f'{LABELS[p]} best log2 LR (per seed) | {LABELS[p]} loss '
-                                   f'(seed spread)' for p in params) + ' |'
-  rows = [head, '|' + ' --- |' * (1 + 2 * len(params))]
-  fmt = lambda v: '—' if v is None else f'{v:g}'
-  for w in widths:
+  sizes = sorted({n for s in summary.values() for n in s['sizes']})
+  out = []
+  head = f'| {mode} | ' + ' | '.join(f'{LABELS[p]} best log2 LR (per seed)' for p in params)
+  out += [head + ' |', '|' + ' --- |' * (1 + len(params))]
+  for n in sizes:
     cells = []
     for p in params:
-      r = summary[p]['widths'].get(w)
-      if r is None:
-        cells += ['—', '—']
-        continue
-      seeds = ', '.join(fmt(v) for v in r['per_seed'].values())
-      edge = ' (grid edge)' if r['edge'] else ''
-      spread = '' if r['seed_spread'] is None else f' (±{r["seed_spread"] / 2:.3f})'
-      cells += [f'{fmt(r["argmin"])} ({seeds}){edge}',
-                '—' if r['loss'] is None else f'{r["loss"]:.4f}{spread}']
-    rows.append(f'| {w} | ' + ' | '.join(cells) + ' |')
-  for p in params:
-    s = summary[p]
-    w0, w1 = min(s['widths']), max(s['widths'])
-    per_seed = ', '.join(fmt(v) for v in s['per_seed_shift'].values())
-    div = '; '.join(f'w{w}: {", ".join(fmt(x) for x in r["diverged"])}'
-                    for w, r in s['widths'].items() if r['diverged'])
-    rows.append(f'\n{LABELS[p]}: best log2 LR moves by {fmt(s["shift"])} from width {w0} '
-                f'to {w1} (per seed: {per_seed}); largest move from width {w0}: '
-                f'{fmt(s["max_shift"])}; diverged log2 LRs: {div or "none"}')
-  return '\n'.join(rows)
+      r = summary[p]['sizes'].get(n)
+      cells.append('—' if r is None else
+                   f'{_fmt(r["argmin"])} ({", ".join(_fmt(v) for v in r["per_seed"].values())})'
+                   + (' (grid edge)' if r['edge'] else ''))
+    out.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  out.append('')
+  lrs = ', '.join(f'{LABELS[p]} 2^{_fmt(summary[p]["base_argmin"])}' for p in params)
+  out.append(f'Loss at the base {mode}\'s best LR ({lrs}), seed mean ± half range:')
+  out.append('')
+  out.append(f'| {mode} | ' + ' | '.join(f'{LABELS[p]} val | {LABELS[p]} train-tail'
+                                         for p in params) + ' |')
+  out.append('|' + ' --- |' * (1 + 2 * len(params)))
+  for n in sizes:
+    cells = []
+    for p in params:
+      r = summary[p]['sizes'].get(n) or {}
+      cells += [_loss(r.get('at_base_lr')), _loss(r.get('at_base_lr_tail'))]
+    out.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  out.append('')
+  out.append('Each parametrisation at its own best LR of that size:')
+  out.append('')
+  out.append(f'| {mode} | ' + ' | '.join(f'{LABELS[p]} log2 LR | {LABELS[p]} val | '
+                                         f'{LABELS[p]} train-tail' for p in params) + ' |')
+  out.append('|' + ' --- |' * (1 + 3 * len(params)))
+  for n in sizes:
+    cells = []
+    for p in params:
+      r = summary[p]['sizes'].get(n) or {}
+      cells += [_fmt(r.get('argmin')), _loss(r.get('best')), _loss(r.get('best_tail'))]
+    out.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  if baselines:
+    out.append('')
+    out.append(f'Count-based baselines on the same validation tokens: bigram '
+               f'{baselines["bigram_seen"]:.4f} / unigram {baselines["unigram_seen"]:.4f} '
+               f'(fitted on the {baselines["seen_tokens"]} training tokens a run sees), bigram '
+               f'{baselines["bigram_split"]:.4f} / unigram {baselines["unigram_split"]:.4f} '
+               f'(the whole training split, {baselines["split_tokens"]} tokens).')
+  return '\n'.join(out)
 
 
-def grid_table(points: Sequence[dict]) -> str:
-  """Markdown table of the seed-mean held-out loss: a row per (parametrisation, width), a column
-  per log2 LR; the row's argmin in bold, 'div' where any seed diverged."""
-  lrs = sorted({p['log2_lr'] for p in points})
-  rows = ['| | ' + ' | '.join(f'{lr:g}' for lr in lrs) + ' |', '|' + ' --- |' * (1 + len(lrs))]
-  for param in [q for q in PARAMETRIZATIONS if any(p['param'] == q for p in points)]:
-    for w in sorted({p['width'] for p in points if p['param'] == param}):
-      curve = _curve(points, param, w)
-      best = _argmin(curve)
-      cells = ['' if lr not in curve else 'div' if not math.isfinite(curve[lr]) else
-               f'**{curve[lr]:.3f}**' if lr == best else f'{curve[lr]:.3f}' for lr in lrs]
-      rows.append(f'| {LABELS[param]} {w} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(rows)
+def grid_table(records: Sequence[dict], mode: str) -> str:
+  """Seed-mean validation loss: a row per (param, size), a column per log2 LR; the row's
+  argmin in bold, 'div' where any seed diverged, blank where not run."""
+  lrs = sorted({r['log2_lr'] for r in records})
+  out = ['| | ' + ' | '.join(f'{lr:g}' for lr in lrs) + ' |', '|' + ' --- |' * (1 + len(lrs))]
+  for p in [q for q in PARAMETRIZATIONS if any(r['param'] == q for r in records)]:
+    for n in sorted({r[mode] for r in records if r['param'] == p}):
+      c = curve(records, p, mode, n)
+      best = argmin(c)
+      cells = ['' if lr not in c else 'div' if not math.isfinite(c[lr]) else
+               f'**{c[lr]:.3f}**' if lr == best else f'{c[lr]:.3f}' for lr in lrs]
+      out.append(f'| {LABELS[p]} {n} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(out)
 
 
-def plot(points: Sequence[dict], path: str, title: str = '') -> None:
-  """Figure-1-style PNG: held-out loss vs log2 LR, one curve per width; SP and muP panels."""
+# --- plot ----------------------------------------------------------------------------------
+
+def plot(records: Sequence[dict], mode: str, path: str,
+         baselines: dict[str, float] | None = None, labels: dict[str, str] | None = None,
+         title: str = '') -> None:
+  """PNG: per parametrisation, validation loss vs log2 LR per size (seed mean, error bars =
+  seed range, x = diverged, * = best); a last panel with the loss at the base's best LR vs
+  size.  Bigram and unigram losses as horizontal lines."""
+  labels = {**LABELS, **(labels or {})}
   plt = plots.pyplot()
-  params = [p for p in PARAMETRIZATIONS if any(q['param'] == p for q in points)]
-  widths = sorted({p['width'] for p in points})
-  finite = [p['val_loss'] for p in points if p['val_loss'] is not None]
-  lo = min(finite) if finite else 0.0
-  hi = lo + 1.2
-  fig, axes = plt.subplots(1, len(params), figsize=(5.2 * len(params), 4.2), squeeze=False,
-                           sharey=True)
-  cmap = plt.get_cmap('viridis', max(len(widths), 2))
-  for ax, param in zip(axes[0], params):
-    for i, w in enumerate(widths):
-      c = cmap(i)
-      curve = _curve(points, param, w)
-      xs = [lr for lr, v in curve.items() if math.isfinite(v)]
-      ax.plot(xs, [curve[x] for x in xs], '-o', color=c, ms=4, label=f'width {w}')
-      for p in points:
-        if p['param'] == param and p['width'] == w:
-          if p['val_loss'] is None:
-            ax.plot(p['log2_lr'], hi - 0.03, 'x', color=c, ms=6)
-          else:
-            ax.plot(p['log2_lr'], p['val_loss'], '.', color=c, alpha=0.35, ms=4)
-      best = _argmin(curve)
-      if best is not None:
-        ax.plot(best, curve[best], '*', color=c, ms=13, mec='k', mew=0.6)
-    ax.set_title(LABELS[param])
+  params = [p for p in PARAMETRIZATIONS if any(r['param'] == p for r in records)]
+  sizes = sorted({r[mode] for r in records})
+  finite = [r['val_loss'] for r in records if not r['diverged']]
+  lo = min(finite + ([baselines['bigram_seen']] if baselines else [])) if finite else 0.0
+  hi = lo + 1.0
+  fig, axes = plt.subplots(1, len(params) + 1, figsize=(4.8 * (len(params) + 1), 4.2),
+                           squeeze=False)
+  cmap = plt.get_cmap('viridis', max(len(sizes), 2))
+  summary = summarize(records, mode)
+
+  def lines(ax):
+    if baselines:
+      ax.axhline(baselines['bigram_seen'], color='crimson', ls='--', lw=1, label='bigram')
+      if baselines['unigram_seen'] < hi:
+        ax.axhline(baselines['unigram_seen'], color='gray', ls=':', lw=1, label='unigram')
+  for ax, p in zip(axes[0], params):
+    for i, n in enumerate(sizes):
+      rows = _rows(records, p, mode, n)
+      lrs = sorted({r['log2_lr'] for r in rows})
+      ok = [lr for lr in lrs if all(not r['diverged'] for r in rows if r['log2_lr'] == lr)]
+      vals = {lr: [r['val_loss'] for r in rows if r['log2_lr'] == lr] for lr in ok}
+      if ok:
+        mean = [np.mean(vals[lr]) for lr in ok]
+        err = [[m - min(vals[lr]) for lr, m in zip(ok, mean)],
+               [max(vals[lr]) - m for lr, m in zip(ok, mean)]]
+        ax.errorbar(ok, mean, yerr=err, fmt='-o', color=cmap(i), ms=4, capsize=3,
+                    label=f'{mode} {n}')
+      for lr in lrs:
+        if lr not in ok:
+          ax.plot(lr, hi - 0.03, 'x', color=cmap(i), ms=7)
+      best = summary[p]['sizes'].get(n, {}).get('best')
+      if best:
+        ax.plot(summary[p]['sizes'][n]['argmin'], best['mean'], '*', color=cmap(i), ms=13,
+                mec='k', mew=0.6)
+    lines(ax)
+    ax.set_title(labels[p])
     ax.set_xlabel('log2 learning rate')
-    ax.set_xticks(sorted({p['log2_lr'] for p in points}))
     ax.set_ylim(lo - 0.05, hi)
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel('validation loss (nats/token)')
-  axes[0][-1].legend(fontsize=8)
-  fig.suptitle(title or 'µTransfer: loss vs learning rate across widths (x: diverged; * best)',
+  axes[0][0].legend(fontsize=7)
+  ax = axes[0][-1]
+  for p, c in zip(params, ('tab:blue', 'tab:orange')):
+    for key, mk, name in (('at_base_lr', 'o-', "base's best LR"), ('best', 's--', 'own best LR')):
+      pts = [(n, r[key]) for n, r in sorted(summary[p]['sizes'].items()) if r[key]]
+      if pts:
+        ax.errorbar([n for n, _ in pts], [x['mean'] for _, x in pts],
+                    yerr=[x['spread'] / 2 for _, x in pts], fmt=mk, color=c, capsize=3, ms=4,
+                    label=f'{labels[p]}, {name}')
+  lines(ax)
+  ax.set_xscale('log', base=2)
+  ax.set_xticks(sizes)
+  ax.set_xticklabels([str(n) for n in sizes])
+  ax.set_xlabel(mode)
+  ax.set_title('validation loss vs ' + mode + ' (± half seed range)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.suptitle(title or f'µTransfer across {mode}: loss vs learning rate (x: diverged; * best)',
                fontsize=10)
   plots.save(fig, path, dpi=110)
 
 
 # --- files ---------------------------------------------------------------------------------
 
-write_json = _io.write_json
-
-
-def write_outputs(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
-  """results.json (points, summary, wall time), summary.json, table.md, sweep.png; returns the
-  summary."""
-  summary = summarize(results['points'])
-  js = json.loads(json.dumps(summary))   # int keys -> str, as JSON has them
+def write_outputs(workdir: str, results: dict[str, Any], labels: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
+  """results.json (with the summary), summary.json, table.md and sweep.png in `workdir`;
+  returns the summary."""
+  mode = results['mode']
+  summary = summarize(results['records'], mode)
+  js = json.loads(json.dumps(summary))          # int keys -> str, as JSON has them
   write_json(os.path.join(workdir, 'results.json'), {**results, 'summary': js})
   write_json(os.path.join(workdir, 'summary.json'), js)
-  text = (table(summary) + '\n\nSeed-mean held-out loss (nats/token) per log2 learning rate:\n\n'
-          + grid_table(results['points']))
+  text = (tables(summary, mode, results.get('baselines'))
+          + '\n\nSeed-mean validation loss (nats/token) per log2 learning rate:\n\n'
+          + grid_table(results['records'], mode))
   _io.atomic_write(os.path.join(workdir, 'table.md'), text + '\n')
-  plot(results['points'], os.path.join(workdir, 'sweep.png'))
+  plot(results['records'], mode, os.path.join(workdir, 'sweep.png'), results.get('baselines'),
+       labels)
   return summary

@@ -59,9 +59,9 @@ def setup(config: Any, *, model_cfg: models.ModelConfig | None = None,
   total = int(config.num_train_steps)
   schedule = optim.make_schedule(config.optimizer, total)
   if optimizer is None:
-    # A per-leaf learning rate scales the whole update, decay included ('decoupled').
+    # A per-leaf learning rate scales the whole update, decay included ('follows_lr').
     tx, schedule = optim.from_config(config.optimizer, total, specs, lr_factors=lr_multipliers,
-                                     wd_mode='decoupled')
+                                     wd_mode='follows_lr')
   elif isinstance(optimizer, optax.GradientTransformation):
     tx = optimizer
   else:
@@ -289,9 +289,8 @@ def _mup_hooks(config, model_cfg, saved_meta, init_from_cfg, optimizer, lr_multi
   else:
     own = run.init_transform
   def mup_optimizer(config, specs, schedule):   # the trainer's chain with muP's factors
-    del schedule                                  # from_config rebuilds the same one
-    return optim.from_config(config.optimizer, int(config.num_train_steps), specs, run.mults,
-                             wd_mode=run.options['wd_mode'], eps_mode=run.options['eps_mode'])[0]
+    del schedule                                  # run.optimizer rebuilds the same one
+    return run.optimizer(config.optimizer, int(config.num_train_steps), specs)[0]
   if params_transform is not None:
     user = params_transform
     return mup_optimizer, lambda p, specs: user(own(p, specs), specs), run

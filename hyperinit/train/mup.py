@@ -5,10 +5,13 @@
 
 * `model_cfg`: the run's model with muP's forward multipliers (`mup_config`);
 * `mults`: per-leaf `Multipliers` against the base model;
-* the optimizer: the trainer builds it (`hyperinit.train.optim.from_config`
-  with `mults` and the wd / eps modes of `options`), i.e. `mup.make_optimizer`
-  with muP's per-leaf learning rates and Adam epsilons; at base width it is
-  bit-identical to the SP optimizer;
+* `hps`: the base hyper-parameters (`mup.BaseHParams`: init, forward and
+  per-class LR multipliers), the same at every width;
+* `optimizer(config.optimizer, steps, specs)`: the trainer's chain
+  (`hyperinit.train.optim.from_config`, i.e. `mup.make_optimizer`) with muP's
+  per-leaf learning rates and Adam epsilons, the base HPs' class LR
+  multipliers and the wd / eps modes of `options`; at base width with default
+  base HPs it is bit-identical to the SP optimizer;
 * `params_transform(params, specs)`: muP init for a fresh run, or, for params
   loaded with `init_from`, `fold_multipliers`: the change of forward
   multipliers is folded into the weights so that the loaded model computes
@@ -34,17 +37,21 @@ from hyperinit import models
 from hyperinit import spec as spec_lib
 from hyperinit.checkpoint import CheckpointError
 from hyperinit.mup import init as mup_init
+from hyperinit.mup.hparams import BaseHParams
 from hyperinit.mup import optim as mup_optim
 from hyperinit.mup import transforms as mup_transforms
 from hyperinit.mup.shapes import Multipliers, config_multipliers
+from hyperinit.train import optim
 
 # Config fields that set a model's widths (and depth): a base model differs from the run's in these.
 WIDTH_FIELDS = ('num_layers', 'embed_dim', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
 # Forward multipliers that muP sets (and that a checkpoint's params were computed under).
 MULT_FIELDS = ('logits_mult', 'attn_scale', 'attn_mult', 'embed_mult', 'residual_mult')
+# The base hyper-parameters (`mup.BaseHParams`), carried unchanged to every width.
+HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(BaseHParams))
 # config.mup fields other than the base that change the run.
-OPTION_FIELDS = ('output_mult', 'attn_mult', 'embed_mult', 'readout_init', 'zero_query', 'wd_mode',
-                 'eps_mode', 'depth_alpha')
+OPTION_FIELDS = HPARAM_FIELDS + ('readout_init', 'zero_query', 'wd_mode', 'eps_mode',
+                                 'depth_alpha')
 
 
 class MupError(ValueError):
@@ -111,12 +118,14 @@ class MupRun:
     model_cfg: target_cfg with muP's forward multipliers (what is trained and saved).
     mults: per-leaf multipliers of model_cfg against base_cfg.
     options: `options(config)`: config.mup as a dict.
+    hps: the base hyper-parameters (from `options`).
   """
   target_cfg: models.ModelConfig
   base_cfg: models.ModelConfig
   model_cfg: models.ModelConfig
   mults: Multipliers
   options: Mapping[str, Any]
+  hps: BaseHParams = BaseHParams()
 
   def meta(self) -> dict[str, Any]:
     """JSON metadata for the checkpoint."""
@@ -129,7 +138,16 @@ class MupRun:
     del specs
     return mup_init.rescale_init(params, self.mults, init_scheme=self.model_cfg.init,
                                  readout=self.options['readout_init'],
-                                 zero_query=bool(self.options['zero_query']))
+                                 zero_query=bool(self.options['zero_query']),
+                                 **self.hps.init_kwargs())
+
+  def optimizer(self, opt: Any, total_steps: int, specs: Any = None
+                ) -> tuple[Any, Any]:
+    """(tx, schedule) for `config.optimizer` `opt`: the trainer's chain with muP's per-leaf
+    factors, the base HPs' class LR multipliers, and config.mup's wd and eps modes."""
+    return optim.from_config(opt, total_steps, specs, self.mults,
+                             lr_factors=self.hps.lr_factors(self.mults),
+                             wd_mode=self.options['wd_mode'], eps_mode=self.options['eps_mode'])
 
   def fold_transform(self, source_cfg: models.ModelConfig) -> Callable[[Any, Any], Any]:
     """`params_transform` for init_from params computed under `source_cfg`'s multipliers."""
@@ -141,16 +159,18 @@ def build(target: models.ModelConfig, base: models.ModelConfig,
           opts: Mapping[str, Any]) -> MupRun:
   """A `MupRun` from the run's model, its base and the `options` dict."""
   depth_alpha = opts.get('depth_alpha')
-  model_cfg = mup_init.mup_config(target, base, output_mult=opts.get('output_mult'),
-                                  attn_mult=opts.get('attn_mult'),
-                                  embed_mult=opts.get('embed_mult'), depth_alpha=depth_alpha)
+  try:
+    hps = BaseHParams.from_dict({k: opts[k] for k in HPARAM_FIELDS if opts.get(k) is not None})
+  except ValueError as e:
+    raise MupError(f'config.mup: {e}') from e
+  model_cfg = mup_init.mup_config(target, base, depth_alpha=depth_alpha, **hps.forward_kwargs())
   mults = config_multipliers(model_cfg, base, depth_alpha=depth_alpha)
   mup_init.init_factors(mults, readout=opts['readout_init'])   # validates readout_init
   for name, val, allowed in (('wd_mode', opts['wd_mode'], mup_optim.WD_MODES),
                              ('eps_mode', opts['eps_mode'], mup_optim.EPS_MODES)):
     if val not in allowed:
       raise MupError(f'config.mup.{name}={val!r}; expected one of {list(allowed)}')
-  return MupRun(target, base, model_cfg, mults, dict(opts))
+  return MupRun(target, base, model_cfg, mults, dict(opts), hps)
 
 
 def prepare(config: Any, target: models.ModelConfig, *,
@@ -259,7 +279,7 @@ def fold_factors(mults: Multipliers, old_cfg, new_cfg, specs: Any = None) -> dic
       f *= attn
     if v.in_block and _writes_residual(s):
       f *= res
-    if s.role == 'readout' and s.fan_in:
+    if s.role == 'readout':
       f *= logits
     if tied and s.role == 'final_norm':
       f *= logits

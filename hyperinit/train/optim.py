@@ -9,8 +9,11 @@ Only config parsing lives here; the chain is `hyperinit.mup.make_optimizer`:
     clip_by_global_norm -> [adam/sgd: coupled L2] -> scale_by_adam | trace (momentum)
       -> [adamw: decoupled decay, per-leaf factors in wd_mode's order] -> scale_by_learning_rate
 
-so AdamW here is exactly `optax.adamw` (decoupled decay, multiplied by the
-learning rate).  A whole optimizer can also be swapped:
+`optimizer.weight_decay` means what torch's optimizer of that name does with
+it: decoupled for adamw (exactly `optax.adamw`), coupled L2 for adam and sgd;
+under muP `wd_mode` says whether the decay follows the per-leaf factors (the
+table in docs/mup.md maps each case to microsoft/mup's MuAdamW / MuAdam /
+MuSGD).  A whole optimizer can also be swapped:
 `train_and_evaluate(..., optimizer=fn)` with `fn(config, specs, schedule)`.
 """
 
@@ -53,7 +56,7 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
 
 def from_config(opt: Any, total_steps: int, specs: Any = None,
                 mults: mup.Multipliers | None = None, *, lr_factors: Any = None,
-                wd_mode: str = 'decoupled', eps_mode: str = 'all'
+                wd_mode: str = 'follows_lr', eps_mode: str = 'all'
                 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """An optax transformation and its learning-rate schedule, via `mup.make_optimizer`.
 
@@ -67,9 +70,9 @@ def from_config(opt: Any, total_steps: int, specs: Any = None,
     mults: muP multipliers, or None (standard parametrisation).
     lr_factors: extra per-leaf update factors ({path: float} or a params-shaped
       tree of floats).
-    wd_mode: where the per-leaf factors sit relative to AdamW's decay
-      ('decoupled': they scale it too, as a per-leaf learning rate does;
-      muP runs pass `config.mup.wd_mode`).
+    wd_mode: whether the decay follows the per-leaf factors ('follows_lr':
+      per-step decay lr * s * wd, as a per-leaf learning rate would give;
+      'fixed': lr * wd; muP runs pass `config.mup.wd_mode`, default 'fixed').
     eps_mode: muP's Adam epsilon scaling (`config.mup.eps_mode`).
 
   Returns:
@@ -80,13 +83,10 @@ def from_config(opt: Any, total_steps: int, specs: Any = None,
     raise ValueError(f'optimizer.name={opt.name!r}; expected one of {OPTIMIZERS}')
   schedule = make_schedule(opt, total_steps)
   wd = float(opt.weight_decay) or None
+  # weight_decay is each builder's own: decoupled for adamw, coupled L2 for adam and sgd.
   kw: dict[str, Any] = dict(
       grad_clip=float(opt.grad_clip_norm) or None, lr_factors=lr_factors, wd_mode=wd_mode,
-      mask=(lambda p: decay_mask(specs, p)) if wd else None)
-  if opt.name == 'adamw':
-    kw.update(weight_decay=wd)
-  else:
-    kw.update(l2=wd)
+      weight_decay=wd, mask=(lambda p: decay_mask(specs, p)) if wd else None)
   if opt.name in ('adamw', 'adam'):
     kw.update(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), eps_mode=eps_mode)
   else:
