@@ -5,12 +5,14 @@
     python -m experiments.ghn_experiment --config=configs/ghn.py:experiment --workdir=DIR
 
 Variants:
-  vit_local, gpt_local   CPU scale: small pools (depth 2-4, width 32-96) on the embedded digits /
-                         pydoc_text sets; held-out target 6 layers x 128 wide.
-  smoke, smoke_gpt       a few seconds of CPU: 1-2 layer, 16-32 wide pools (CI).
+  vit_local, gpt_local   CPU scale: pools of 64 distinct architectures (depth 2-4, width 64-96,
+                         4/8 heads, MLP ratio 2-4) on the embedded digits / pydoc_text sets;
+                         held-out targets 6 x 128 (and 5 x 112 for GPTs): deeper and wider.
+  smoke, smoke_gpt       a few seconds of CPU: 1-layer, 16-32 wide pools (CI).
   vit, gpt               paper-like: ViTs-1K / GPTs-1K pools and the reference GHN sizes, for
                          accelerators (data: the embedded sets unless --config.data.dataset=...).
-  experiment             both CPU pools x {logah, ghn3} x 3 seeds, then fine-tuning (ghn_experiment).
+  experiment             both CPU pools x {logah, ghn3} (one GHN each), then fine-tuning of every
+                         held-out target from random init (2 LRs) and each GHN (2 LRs) x 3 seeds.
   experiment_smoke       the same code path at smoke size, 2 seeds (CI, tests/ghn_train_test.py).
 """
 
@@ -37,9 +39,9 @@ def _ghn(**over) -> ml_collections.ConfigDict:
   g.chunk = 32                  # GHN-3 chunk c (weights are tiled c x c blocks)
   g.max_spd = 64                # shortest-path distances clipped here
   g.max_degree = 16             # in/out degrees clipped here
-  g.normalize = 'auto'          # 'auto' (fan_in for ViTs, std for LMs) | fan_in | std | none
-  g.beta = 1.0                  # fan-in scaling gain
-  g.std = P(float)              # LM kernel std (None: the target's init_std, 0.02)
+  g.normalize = 'init'          # init (each leaf to its own init std) | fan_in | std | none
+  g.beta = 2.0                  # fan-in scaling gain (mode fan_in; GHN-3: 2)
+  g.std = P(float)              # mode std: the one std (None: the target's init_std, 0.02)
   g.update(over)
   return g
 
@@ -54,7 +56,7 @@ def _meta(**over) -> ml_collections.ConfigDict:
   m.clip = 5.0                  # global-norm gradient clipping
   m.ema = 0.999                 # EMA decay of the GHN params (0: off)
   m.ema_warmup = True           # decay min(ema, (1 + t) / (10 + t)): short runs are not stuck near init
-  m.l2 = 3e-5                   # weight of the L2 norm of the predicted params
+  m.l2 = 3e-5                   # weight of the sum of per-leaf L2 norms of the predicted params
   m.update(over)
   return m
 
@@ -63,7 +65,7 @@ def _pool(name: str, **over) -> ml_collections.ConfigDict:
   """The architecture pool (hyperinit.logah.samplers)."""
   p = ml_collections.ConfigDict()
   p.name = name                 # samplers.POOLS name: vit-cpu | gpt-cpu | vits1k | gpts1k
-  p.size = 8                    # architectures drawn (distinct)
+  p.size = 64                   # architectures drawn (distinct)
   p.meta_batch = 4              # architectures per meta-step (one fixed group = one compile)
   p.seed = 0                    # pool draw seed (the same pool for every run seed)
   p.scan_layers = False         # sampled models scan their blocks (faster compiles when deep)
@@ -72,6 +74,7 @@ def _pool(name: str, **over) -> ml_collections.ConfigDict:
   p.widths = P(tuple)           # ((min depth, width lo, width hi), ...), first match applies
   p.width_step = P(int)         # width grid step
   p.heads = P(tuple)            # head counts (those dividing the width)
+  p.mlp_ratios = P(tuple)       # MLP width / width choices
   p.patch_sizes = P(tuple)      # ViT patch sizes (those dividing the image size)
   p.update(over)
   return p
@@ -100,7 +103,7 @@ def _finetune(cfg: ml_collections.ConfigDict, task: str, targets: str, *,
   """
   f = ml_collections.ConfigDict()
   f.targets = targets           # held-out targets 'L<depth>-D<width>-H<heads>[-P<patch>][-M<mlp>]', comma-separated
-  f.eval_at = (0, 25, 100)      # table columns: evaluate after these steps (and after num_train_steps)
+  f.eval_at = (0, 25, 100, 300)  # table columns: evaluate after these steps (and after num_train_steps)
   f.task = task                 # trainer task: classification (ViTs) | lm (GPTs)
   f.model = common.model('')    # unused: the model is the held-out target
   d = f.data = ml_collections.ConfigDict()
@@ -120,11 +123,13 @@ def _finetune(cfg: ml_collections.ConfigDict, task: str, targets: str, *,
 
 
 def _base(kind: str) -> ml_collections.ConfigDict:
+  """CPU scale (the *_local variants): sized so that one GHN meta-trains in ~10 min on 2 cores."""
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0                  # GHN init, data order, group order
-  cfg.num_steps = 500           # meta-training steps
-  cfg.log_every = 25            # progress line + train metrics
-  cfg.eval_every = 250          # eval of the EMA GHN (also at step 0 and at the end; <= 0: end only)
+  cfg.num_steps = 800           # meta-training steps (16 groups: each seen 50 times)
+  cfg.log_every = 25            # progress line (with ETA) + train metrics
+  cfg.eval_every = 400          # eval of the EMA GHN (also at step 0 and at the end; <= 0: end only)
+  cfg.eval_pool_groups = 4      # pool groups evaluated (each is one more compile); 0: all
   cfg.fast_compile = False      # compile meta / eval steps with XLA opt level 0 (CPU: ~2.5x faster
                                 # compiles, slower steps; for smoke runs)
   cfg.eval_params = 'ema'       # evaluate / export the 'ema' or the raw 'params'
@@ -132,21 +137,19 @@ def _base(kind: str) -> ml_collections.ConfigDict:
   cfg.profile_steps = P(tuple)  # (a, b): a jax.profiler trace of meta-steps [a, b) in workdir/tb
   cfg.ghn = _ghn()
   cfg.meta = _meta()
+  # Scanned blocks: one compiled block per architecture, ~1.5x shorter compiles of a group.
   if kind == 'vit':
-    cfg.pool = _pool('vit-cpu')
+    cfg.pool = _pool('vit-cpu', scan_layers=True)
     cfg.data = _data('digits')
     cfg.finetune = _finetune(cfg, 'classification', 'L6-D128-H4-P2', batch=64)
   else:
-    cfg.pool = _pool('gpt-cpu')
+    cfg.pool = _pool('gpt-cpu', scan_layers=True)
     cfg.data = _data('pydoc_text', batch_size=16, eval_batch_size=32, eval_batches=8)
-    cfg.finetune = _finetune(cfg, 'lm', 'L6-D128-H4', batch=16)
+    cfg.finetune = _finetune(cfg, 'lm', 'L6-D128-H4,L5-D112-H4', batch=16)
   c = cfg.checkpoint = ml_collections.ConfigDict()
   c.every = 100                 # save every N steps (and at the end and on SIGTERM)
   c.keep = 2                    # newest N checkpoints kept
   c.async_save = True           # write in the background
-  e = cfg.experiment = ml_collections.ConfigDict()
-  e.seeds = (0, 1, 2)           # ghn_experiment: one GHN per decoder and seed
-  e.decoders = ('logah', 'ghn3')
   return cfg
 
 
@@ -157,10 +160,11 @@ def _smoke(cfg: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDi
   cfg.eval_every = 20
   cfg.ghn.update(hidden=16, layers=1, heads=2, rank=4, max_dim=128, chunk=16)
   cfg.meta.update(lr=3e-3, warmup_steps=5)
+  cfg.eval_every = 20
+  cfg.eval_pool_groups = 0
   cfg.pool.update(size=2, meta_batch=2, depths=(1, 1), widths=((0, 16, 32),), width_step=16,
-                  heads=(2,))
+                  heads=(2,), mlp_ratios=(2,), scan_layers=False)
   cfg.checkpoint.every = 20
-  cfg.experiment.seeds = (0, 1)
   if kind == 'vit':
     cfg.pool.patch_sizes = (4,)
     cfg.data.update(batch_size=32, eval_batches=1)
@@ -212,12 +216,20 @@ def _single(arg: str) -> ml_collections.ConfigDict:
   raise ValueError(f'unknown ghn config {arg!r}; expected one of {sorted(VARIANTS)}')
 
 
-def _experiment(pools: dict[str, str]) -> ml_collections.ConfigDict:
+def _experiment(pools: dict[str, str], seeds: tuple[int, ...]) -> ml_collections.ConfigDict:
+  """hyperinit.studies.ghn_experiment: GHNs per task, then the fine-tuning comparison."""
   cfg = ml_collections.ConfigDict()
-  cfg.pools = ml_collections.ConfigDict({k: _single(v) for k, v in pools.items()})  # name -> run config
-  first = next(iter(cfg.pools.values()))
-  cfg.seeds = first.experiment.seeds     # run seeds (each pool's own experiment.seeds is ignored)
-  cfg.decoders = first.experiment.decoders  # GHNs compared with random init
+  cfg.pools = ml_collections.ConfigDict({k: _single(v) for k, v in pools.items()})  # task -> run config
+  cfg.decoders = ('logah', 'ghn3')       # GHNs compared with random init (one GHN each per task)
+  cfg.ghn_seed = 0                       # seed of every GHN (init, data and group order)
+  cfg.seeds = seeds                      # fine-tuning seeds (random init, data order, noise)
+  cfg.random_lrs = (1e-3, 3e-4)          # random init's LRs; the best by final eval loss is "the LR"
+  cfg.ghn_lr_mults = (1.0, 0.25)         # GHN starts are fine-tuned at the LR times each of these
+  # Gaussian noise added to GHN starts, as a fraction of each weight leaf's own init std.
+  # GHN-3's tiled chunks repeat channel blocks that deterministic training never separates, so
+  # its baseline gets noise; LoGAH's rank-r predictions have no repeated blocks.
+  cfg.noise = ml_collections.ConfigDict({'logah': 0.0, 'ghn3': 0.1})
+  cfg.speedup_step = 100                 # steps random init needs to reach LoGAH's loss at this step
   cfg.plots = True                       # write PNG plots (matplotlib Agg)
   return cfg
 
@@ -229,7 +241,9 @@ VARIANTS = ('vit_local', 'gpt_local', 'smoke', 'smoke_gpt', 'vit', 'gpt', 'exper
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, 'ghn', VARIANTS, 'vit_local').preset
   if arg == 'experiment':
-    return _experiment({'vit': 'vit_local', 'gpt': 'gpt_local'})
+    return _experiment({'gpt': 'gpt_local', 'vit': 'vit_local'}, (0, 1, 2))
   if arg == 'experiment_smoke':
-    return _experiment({'vit': 'smoke', 'gpt': 'smoke_gpt'})
+    cfg = _experiment({'vit': 'smoke', 'gpt': 'smoke_gpt'}, (0, 1))
+    cfg.speedup_step = 5
+    return cfg
   return _single(arg)

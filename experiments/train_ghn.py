@@ -11,14 +11,13 @@ GHN is written to WORKDIR/ghn; use it with
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import _errors
 from hyperinit.train import distributed, ghn as train
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/ghn.py:vit_local',
-                                          'GHN run config (configs/ghn.py:<variant>)',
-                                          lock_config=True)
+_CONFIG = _errors.define_config_file('configs/ghn.py:vit_local',
+                                     'GHN run config (configs/ghn.py:<variant>).',
+                                     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (checkpoints, metrics, ghn/)',
                                required=True)
 

@@ -1,8 +1,8 @@
-"""LoGAH: graphs, batching, encoder/decoders, prediction, samplers and the meta-step."""
+"""LoGAH: graphs, batching, predicted trees of every preset, samplers, the meta-step, saving.
+
+Decoder, spectrum and normalisation tests: tests/logah_decoders_test.py."""
 
 import collections
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hyperinit import checkpoint, models, spec
-from hyperinit.logah import batching, decoders, ghn as ghn_lib, meta, samplers
+from hyperinit.logah import batching, ghn as ghn_lib, meta, samplers
 from hyperinit.logah.graph import OP_ID, build_graph, check_leaf_mapping, shortest_paths, size_bin
 
 # A small GHN for everything that really runs (compiles in seconds on CPU).
@@ -177,131 +177,7 @@ def test_batches_in_one_bucket_have_one_shape_and_dense_view_is_exact():
     batching.batch_graphs([build_graph(models.get_config('gpt2', num_layers=6))], bucket)
 
 
-# --- decoders ----------------------------------------------------------------------
-
-def test_low_rank_factorisation_is_the_clean_split(small_params):
-  """W = B[:, :c_in]^T A^T[:, :c_out] / sqrt(r) with F = relu(S) W_K + b_K split by rows (numpy)."""
-  dec = decoders.LowRankDecoder(SMALL.hidden, SMALL.rank, SMALL.max_dim)
-  p = small_params['decoder']
-  e = jax.random.normal(jax.random.key(1), (SMALL.hidden,))
-  codes = dec.apply({'params': p}, e, method=dec.codes)
-  w = np.asarray(dec.apply({'params': p}, codes, 40, 24, method=dec.matrix))
-  s = np.maximum(np.asarray(codes['s']).reshape(2 * SMALL.rank, SMALL.rank), 0)
-  f = s @ np.asarray(p['expand_kernel']) + np.asarray(p['expand_bias'])   # [2r, K]
-  at, b = f[:SMALL.rank], f[SMALL.rank:]
-  np.testing.assert_allclose(w, b[:, :40].T @ at[:, :24] / math.sqrt(SMALL.rank), rtol=1e-4,
-                             atol=1e-5)
-  # Past K the columns wrap around.
-  wide = np.asarray(dec.apply({'params': p}, codes, 3, SMALL.max_dim + 5, method=dec.matrix))
-  np.testing.assert_allclose(wide[:, SMALL.max_dim:], wide[:, :5], rtol=1e-6)
-
-
-def test_predicted_kernels_have_rank_at_most_r(small_params):
-  target = models.get_config('gpt2-tiny')
-  params = ghn_lib.predict(SMALL, small_params, target)
-  specs = spec.flatten(models.param_specs(target), is_leaf=spec.is_spec)
-  checked = 0
-  for path, w in spec.flatten(params).items():
-    s = specs[path]
-    if s.fan_in:
-      w2 = np.asarray(w).reshape(s.size_of(w.shape, s.fan_in), -1)
-      assert min(w2.shape) > SMALL.rank
-      sv = np.linalg.svd(w2.astype(np.float64), compute_uv=False)
-      assert np.sum(sv > 1e-5 * sv[0]) <= SMALL.rank, path
-      checked += 1
-  assert checked == 1 + 1 + 2 * 6
-  # Traced (jit), predict decodes leaves in shape groups; eagerly, leaf by leaf: same numbers.
-  grouped = jax.jit(lambda p: ghn_lib.predict(SMALL, p, target))(small_params)
-  for a, b in zip(jax.tree.leaves(grouped), jax.tree.leaves(params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
-def test_tiled_decoder_repeats_its_chunk():
-  dec = decoders.TiledDecoder(hidden=8, chunk=16)
-  e = jax.random.normal(jax.random.key(1), (8,))
-  p = dec.init(jax.random.key(0), e)
-  codes = dec.apply(p, e, method=dec.codes)
-  w = np.asarray(dec.apply(p, codes, 64, 40, method=dec.matrix))            # 4 x 2.5 chunks
-  np.testing.assert_array_equal(w[:16, :16], w[16:32, 16:32])
-  np.testing.assert_array_equal(w[48:64, 32:40], w[:16, :8])
-  v = np.asarray(dec.apply(p, codes, 1, 40, method=dec.vector))
-  np.testing.assert_array_equal(v[:16], v[16:32])
-  # Its decoder size grows like chunk^2: last layer 8 * hidden * chunk^2 weights.
-  assert p['params']['mlp']['fc2']['kernel'].shape == (8 * 8, 16 * 16)
-
-
-def _norm_and_raw(params, target):
-  """(path -> (normalised leaf, raw leaf)) decoded from the same node codes of `target`."""
-  codes = jax.tree.map(lambda c: c[0], ghn_lib.node_codes(SMALL, params,
-                                                          batching.batch_graphs([build_graph(target)])))
-  plans = {p.path: p for p in ghn_lib.leaf_plans(SMALL, target)}
-
-  def pair(path):
-    plan = plans[path]
-    node = jax.tree.map(lambda c: c[plan.nodes[0]], codes)
-    norm = ghn_lib.decode_leaf(SMALL, params, node, plan.decode)
-    raw = ghn_lib.decode_leaf(SMALL, params, node, dataclasses.replace(plan.decode, mode='none'))
-    return np.asarray(norm), np.asarray(raw)
-  return pair, plans
-
-
-def test_normalisations_closed_form(small_params):
-  # LM ('std'): every kernel and embedding has std 0.02 exactly; gain = 2 sigmoid(raw / 2),
-  # bias = tanh(raw / 5), with raw decoded from the same node codes without normalisation.
-  gpt = models.get_config('gpt2-tiny')
-  out = spec.flatten(ghn_lib.predict(SMALL, small_params, gpt))
-  specs = spec.flatten(models.param_specs(gpt), is_leaf=spec.is_spec)
-  for path, w in out.items():
-    if specs[path].fan_in:
-      assert abs(np.asarray(w).std() - 0.02) < 1e-5, path
-  pair, plans = _norm_and_raw(small_params, gpt)
-  assert plans['block_0/mlp/wi/kernel'].decode.mode == 'std'
-  norm, raw = pair('block_0/mlp/wi/kernel')
-  np.testing.assert_allclose(norm, raw * 0.02 / raw.std(), rtol=1e-4)
-  norm, raw = pair('block_1/attn_norm/scale')
-  np.testing.assert_allclose(norm, 2 / (1 + np.exp(-raw / 2)), rtol=1e-5)
-  norm, raw = pair('block_0/mlp/wo/bias')
-  np.testing.assert_allclose(norm, np.tanh(raw / 5), rtol=1e-5, atol=1e-7)
-  # Vision ('fan_in'): kernel = raw * sqrt(beta / fan_in), gain = 2 sigmoid(raw / 2),
-  # bias = tanh(raw / 5).
-  pair, plans = _norm_and_raw(small_params, models.get_config('vit-tiny'))
-  norm, raw = pair('patch_embed/kernel')
-  assert plans['patch_embed/kernel'].decode.mode == 'fan_in'
-  np.testing.assert_allclose(norm, raw / math.sqrt(4 * 4 * 3), rtol=1e-5)
-  norm, raw = pair('block_0/mlp/wo/kernel')
-  np.testing.assert_allclose(norm, raw / math.sqrt(128), rtol=1e-5)
-  norm, raw = pair('block_1/mlp_norm/scale')
-  np.testing.assert_allclose(norm, 2 / (1 + np.exp(-raw / 2)), rtol=1e-5)
-  norm, raw = pair('head/bias')
-  np.testing.assert_allclose(norm, np.tanh(raw / 5), rtol=1e-5, atol=1e-7)
-  norm, raw = pair('pos_embed/embedding')  # embedding tables: rescaled to the init std
-  np.testing.assert_allclose(norm, raw * 0.02 / raw.std(), rtol=1e-4)
-
-
-@pytest.mark.parametrize('name', ['llama-gqa-tiny', 'vit-tiny'])
-def test_predicted_params_run_in_the_model(small_params, name):
-  target = models.get_config(name)
-  params = ghn_lib.predict(SMALL, small_params, target)
-  spec.check_tree(params, models.param_specs(target))
-  x = models.dummy_input(target, 2)
-  out = models.apply_fn(target)(params, x)
-  assert bool(jnp.all(jnp.isfinite(out)))
-  # An init-like model, as random init is: logits of a comparable scale (measured 4.0x
-  # random init's std for llama, 0.45x for the ViT) and near-uniform predictions (mean
-  # -log p within 0.2 nats of log V; an unnormalised prediction gives 0.007x the std).
-  ref = models.apply_fn(target)(models.init_params(target, jax.random.key(1)), x)
-  assert 0.2 < float(out.std() / ref.std()) < 5.0
-  nll = -float(jax.nn.log_softmax(out).mean())
-  assert abs(nll - math.log(out.shape[-1])) < 0.5
-
-
-def test_default_ghn_parameter_count():
-  # README / docs/logah.md: the default LoGAH (hidden 64, 3 layers, r 32, K 32768) has 2.48M
-  # parameters, and covers GPT-2 Large; counted from shapes (nothing allocated).
-  cfg = ghn_lib.GHNConfig()
-  shapes = jax.eval_shape(lambda: ghn_lib.init(cfg, jax.random.key(0)))
-  assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == 2_484_904
-
+# --- GHN config and optimizer ---------------------------------------------------------
 
 def test_meta_optimizer_is_optax_clipped_adamw(small_params):
   """The GHN's optimizer is the project's one make_optimizer; with no muP multipliers its
@@ -328,7 +204,6 @@ def test_bad_ghn_configs_raise():
     ghn_lib.GHNConfig(normalize='batch')
   with pytest.raises(ValueError, match='unknown GHNConfig fields'):
     ghn_lib.GHNConfig.from_dict({'hiden': 3})
-
 
 # --- samplers ----------------------------------------------------------------------
 

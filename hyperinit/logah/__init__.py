@@ -6,10 +6,12 @@
 
 Modules: graph (computational graphs), batching (jraph buckets), encoder
 (Graphormer), decoders (low-rank / tiled / normalisation), ghn (the module and
-predict), samplers (architecture pools), meta (meta-training step), saving.
+predict), spectrum (top-1 energy share, effective rank), samplers (architecture
+pools), meta (meta-training step), saving.
 """
 
 from hyperinit.logah.ghn import GHNConfig, count_params, init, predict
 from hyperinit.logah.graph import Graph, build_graph
+from hyperinit.logah.spectrum import spectrum_stats
 
-__all__ = ['GHNConfig', 'Graph', 'build_graph', 'count_params', 'init', 'predict']
+__all__ = ['GHNConfig', 'Graph', 'build_graph', 'count_params', 'init', 'predict', 'spectrum_stats']

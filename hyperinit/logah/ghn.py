@@ -5,11 +5,12 @@
     params = predict(ghn_cfg, ghn_params, models.get_config('gpt2-large'))
     logits = models.build(cfg).apply({'params': params}, tokens)
 
-`predict` is differentiable in `ghn_params` (it is built from jitted pure
-functions, which inline under an outer `jax.jit` / `jax.grad`).  Called
-eagerly it streams: the encoder runs once, then every leaf (or every scanned
+`predict` streams: the encoder runs once, then every leaf (or every scanned
 leaf, all layers at once) is decoded by its own jitted call and written into
 the output tree, so the peak memory is the target's bytes plus one leaf.
+Inside a jitted training step use `node_codes` + `decode_params` (grouped:
+leaves of one shape and kind decode in one batched call); both are pure and
+differentiable in the GHN params.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hyperinit import spec as spec_lib
 from hyperinit.logah import batching, decoders
 from hyperinit.logah.encoder import GraphEncoder
 from hyperinit.logah.graph import Graph, build_graph, slice_spec
-from hyperinit.models.config import ModelConfig, ViTConfig
+from hyperinit.models.config import ModelConfig
 
 DECODERS = ('logah', 'ghn3')
 
@@ -49,15 +50,16 @@ class GHNConfig:
   chunk: int = 64             # GHN-3 chunk size c (weights are tiled c x c blocks)
   max_spd: int = 64           # shortest-path distances are clipped here
   max_degree: int = 16        # in/out degrees are clipped here
-  normalize: str = 'auto'     # 'auto' (fan_in for ViT, std for LMs) | 'fan_in' | 'std' | 'none'
-  beta: float = 1.0           # fan-in scaling gain
-  std: float | None = None    # target std of LM kernels / embeddings; None: the target's init_std
+  normalize: str = 'init'     # 'init' (each leaf to its own init std) | 'fan_in' | 'std' | 'none';
+                              # 'auto' (older saved GHNs) means 'init'
+  beta: float = 2.0           # fan-in scaling gain of mode 'fan_in' (GHN-3: 2 for linear layers)
+  std: float | None = None    # mode 'std': the one target std; None: the target's init_std
 
   def __post_init__(self):
     if self.decoder not in DECODERS:
       raise ValueError(f'GHN decoder {self.decoder!r} is not one of {DECODERS}')
     if self.normalize not in ('auto',) + decoders.NORM_MODES:
-      raise ValueError(f'GHN normalize={self.normalize!r}; expected auto, fan_in, std or none')
+      raise ValueError(f'GHN normalize={self.normalize!r}; expected one of {decoders.NORM_MODES}')
     if self.hidden % self.heads:
       raise ValueError(f'GHN hidden={self.hidden} is not divisible by heads={self.heads}')
 
@@ -87,6 +89,10 @@ class GHN(nn.Module):
       self.decoder = decoders.LowRankDecoder(c.hidden, c.rank, c.max_dim)
     else:
       self.decoder = decoders.TiledDecoder(c.hidden, c.chunk)
+    # log of the learned std multiplier of embedding / position tables (mode 'init'),
+    # one per decoders.EMBED_ROLES; 0: the tables start at their own init std.
+    self.embed_log_gain = self.param('embed_log_gain', nn.initializers.zeros,
+                                     (len(decoders.EMBED_ROLES),))
 
   def encode(self, graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
     """Padded batch -> node embeddings [G, M, hidden], mask [G, M]."""
@@ -100,12 +106,16 @@ class GHN(nn.Module):
   def matrix(self, codes: dict, c_in: int, c_out: int) -> jax.Array:
     return self.decoder.matrix(codes, c_in, c_out)
 
+  def factors(self, codes: dict, c_in: int, c_out: int) -> tuple[jax.Array, jax.Array]:
+    """LoGAH only: (Bt [..., c_in, r], A [..., c_out, r]) with W = Bt @ A^T."""
+    return self.decoder.factors(codes, c_in, c_out)
+
   def vector(self, codes: dict, kind: int, n: int) -> jax.Array:
     return self.decoder.vector(codes, kind, n)
 
   def __call__(self, graphs: jraph.GraphsTuple):
     x, _ = self.encode(graphs)
-    return self.decoder(x[0, 0])
+    return self.decoder(x[0, 0]), self.embed_log_gain
 
 
 def _dummy_batch() -> jraph.GraphsTuple:
@@ -152,9 +162,10 @@ class LeafDecode:
   fan_in: tuple[int, ...]     # its fan-in dims (empty for vectors)
   kind: str                   # decoders.MATRIX_KINDS + decoders.VECTOR_KINDS
   mode: str                   # normalisation mode
-  std: float
+  std: float                  # target std (mode 'init': the leaf's own init std)
   beta: float
   dtype: str
+  gain_index: int = -1        # 'embed' leaves: index into decoders.EMBED_ROLES
 
   @property
   def c_in(self) -> int:
@@ -186,10 +197,16 @@ def leaf_kind(path: str, s: spec_lib.ParamSpec) -> str:
   return 'vector'
 
 
-def norm_mode(ghn_cfg: GHNConfig, target: ModelConfig) -> str:
-  if ghn_cfg.normalize != 'auto':
-    return ghn_cfg.normalize
-  return 'fan_in' if isinstance(target, ViTConfig) else 'std'
+def norm_mode(ghn_cfg: GHNConfig) -> str:
+  return 'init' if ghn_cfg.normalize == 'auto' else ghn_cfg.normalize
+
+
+def _target_std(ghn_cfg: GHNConfig, target: ModelConfig, mode: str, path: str,
+                s: spec_lib.ParamSpec, shape: tuple[int, ...]) -> float:
+  """What a leaf's scale is normalised to: its own init std (mode 'init'), else one std."""
+  if mode == 'init':
+    return models.init_std(target, path, s, shape) if s.fan_in or s.role == 'cls_token' else 1.0
+  return float(target.init_std if ghn_cfg.std is None else ghn_cfg.std)
 
 
 @functools.lru_cache(maxsize=256)
@@ -199,8 +216,7 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
   owner = graph.leaf_to_node()
   specs = spec_lib.flatten(models.param_specs(target), is_leaf=spec_lib.is_spec)
   shapes = spec_lib.flatten(models.param_shapes(target))
-  mode = norm_mode(ghn_cfg, target)
-  std = target.init_std if ghn_cfg.std is None else ghn_cfg.std
+  mode = norm_mode(ghn_cfg)
   plans = []
   for path, s in specs.items():
     shape, dtype = tuple(shapes[path].shape), str(shapes[path].dtype)
@@ -213,8 +229,12 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
         raise ValueError(f'leaf {path!r} of {type(target).__name__} has no node in its graph')
       nodes = (owner[(path, None)],)
     kind = leaf_kind(path, s)
+    gain = decoders.EMBED_ROLES.index('position' if s.role == 'position' else 'embedding') \
+        if kind == 'embed' else -1
+    std = _target_std(ghn_cfg, target, mode, path, s, shape)
     plans.append(LeafPlan(path, nodes, scanned,
-                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype)))
+                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype,
+                                     gain)))
   return tuple(plans)
 
 
@@ -222,9 +242,20 @@ def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax
   """One node's codes (or L nodes' codes, leading dim L) -> the normalised leaf [(L,) *d.shape]."""
   ghn = GHN(cfg)
   if d.kind in decoders.MATRIX_KINDS:
-    w = ghn.apply({'params': params}, codes, d.c_in, d.c_out, method=GHN.matrix)
+    gain = jnp.exp(params['embed_log_gain'][d.gain_index]) if d.gain_index >= 0 else 1.0
+    scale = functools.partial(decoders.matrix_scale, d.kind, d.mode, fan_in=d.c_in, std=d.std,
+                              beta=d.beta, gain=gain)
+    if cfg.decoder == 'logah':
+      # Normalise through the factors: the scale comes from r x r Gram matrices and the
+      # leaf is formed once, already scaled (one leaf-sized buffer at GPT-2 Large's vocab).
+      bt, a = ghn.apply({'params': params}, codes, d.c_in, d.c_out, method=GHN.factors)
+      s = jnp.asarray(scale(moments=lambda: decoders.factor_moments(bt, a)))
+      w = jnp.einsum('...ir,...or->...io', bt, a * s[..., None, None])
+    else:
+      w = ghn.apply({'params': params}, codes, d.c_in, d.c_out, method=GHN.matrix)
+      s = jnp.asarray(scale(moments=lambda: decoders.array_moments(w, 2)))
+      w = w * s[..., None, None]
     lead = w.shape[:-2]
-    w = decoders.normalize(w, d.kind, d.mode, d.c_in, d.std, d.beta)
     fan_out = tuple(i for i in range(len(d.shape)) if i not in d.fan_in)
     w = w.reshape(lead + tuple(d.shape[i] for i in d.fan_in + fan_out))
     # Fan-in dims were flattened first; move every dim back to its place.
@@ -242,25 +273,21 @@ _decode_leaf_jit = jax.jit(decode_leaf, static_argnums=(0, 3))
 
 
 def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
-                  grouped: bool | None = None) -> dict:
+                  grouped: bool = True) -> dict:
   """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
 
-  grouped=False decodes leaf by leaf, each with its own jitted call (streaming:
-  peak memory = the output tree + one leaf).  grouped=True decodes all leaves
-  that share a shape and kind (e.g. every layer's query kernel) in one batched
-  call and slices the result: far fewer ops to trace and compile inside a
-  jitted training step, at the price of one group's bytes held twice.
-  None (default): grouped when traced (under jit / grad / eval_shape), streamed
-  when called eagerly.
+  grouped=True (for use inside jit / grad) decodes all leaves that share a
+  shape and kind (e.g. every layer's query kernel) in one batched call and
+  slices the result: far fewer ops to trace and compile inside a jitted
+  training step, at the price of one group's bytes held twice.
+  grouped=False (eager, concrete codes; what `predict` does) decodes leaf by
+  leaf, each with its own jitted call (streaming: peak memory = the output
+  tree + one leaf).
   """
   out: dict = {}
   plans = leaf_plans(cfg, target)
-  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(codes))
-  if grouped is None:
-    grouped = traced
   if not grouped:
-    if not traced:  # slice the (small) per-node codes on the host, not op by op
-      codes = jax.device_get(codes)
+    codes = jax.tree.map(np.asarray, codes)  # slice the (small) per-node codes on the host
     for plan in plans:
       idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
       node = jax.tree.map(lambda c: c[idx], codes)
@@ -292,5 +319,9 @@ def predict(cfg: GHNConfig, params: dict, target: ModelConfig, graph: Graph | No
     a plain nested dict of arrays usable as `model.apply({'params': params}, x)`.
   """
   graph = graph or build_graph(target)
-  codes = node_codes(cfg, params, batching.batch_graphs([graph]))
-  return decode_params(cfg, params, jax.tree.map(lambda c: c[0], codes), target)
+  codes = jax.tree.map(lambda c: c[0], node_codes(cfg, params, batching.batch_graphs([graph])))
+  try:
+    codes = jax.tree.map(np.asarray, codes)   # concrete: stream, leaf by leaf
+  except jax.errors.JAXTypeError:   # traced (predict under jit / grad / eval_shape): one program
+    return decode_params(cfg, params, codes, target, grouped=True)
+  return decode_params(cfg, params, codes, target, grouped=False)

@@ -1,7 +1,7 @@
 """Seeded architecture samplers (ViTs-1K / GPTs-1K-like pools) and fixed meta-batches.
 
     pool = sample_configs('vits1k', 1000, seed=0)     # ViTConfig list, digits-sized inputs
-    pool = sample_configs('gpt-cpu', 32, seed=0)      # small GPTs for CPU runs
+    pool = sample_configs('gpt-cpu', 64, seed=0, unique=True)   # 64 distinct GPTs for CPU runs
     groups = meta_batches(pool, size=4, seed=0)      # fixed tuples of configs
 
 The LoGAH pools (Zhou et al. 2024, their dataset generators):
@@ -11,6 +11,13 @@ The LoGAH pools (Zhou et al. 2024, their dataset generators):
     deeper, step 8; 8 heads; < 50M params.
 Inputs come from the task: our embedded image set is sklearn digits (8x8x1,
 10 classes; patch 2 or 4) and the embedded text a byte vocabulary of 256.
+GPT pools have untied token embedding and readout, as the reference's.
+
+The CPU pools ('gpt-cpu', 'vit-cpu') are the same families shrunk to what 2
+CPU cores meta-train in minutes: depth 2-4, width 64-96 (step 8), 4 or 8
+heads, MLP ratio 2, 3 or 4 (ViTs: patch 2 or 4): 90 distinct GPTs, 180 ViTs.
+They stay narrower and shallower than the held-out targets of
+configs/ghn.py's experiment (5 x 112 and 6 x 128).
 
 Meta-batches are fixed groups of configs (sorted by graph size, so a group
 shares one padding bucket): a jitted meta-step is compiled once per group,
@@ -38,7 +45,8 @@ class PoolSpec:
   widths: tuple[tuple[int, int, int], ...]
   width_step: int
   heads: tuple[int, ...]                             # choices that divide the width
-  mlp_ratio: int = 4
+  mlp_ratio: int = 4                                 # build_config's default MLP width / width
+  mlp_ratios: tuple[int, ...] = (4,)                 # sampled MLP ratios
   max_params: int = 50_000_000
   # task: images
   image_size: int = 8
@@ -48,16 +56,16 @@ class PoolSpec:
   # task: text
   vocab_size: int = 256
   max_len: int = 64
-  tie_embeddings: bool = True
+  tie_embeddings: bool = False                       # the reference's GPT pools are untied
 
 
 POOLS: dict[str, PoolSpec] = {
     'vits1k': PoolSpec('vit', (3, 9), ((6, 128, 256), (4, 256, 384), (0, 384, 512)), 32,
                        (3, 4, 6, 8, 12), max_params=10**9),
     'gpts1k': PoolSpec('gpt', (3, 9), ((6, 72, 176), (4, 128, 176), (0, 176, 256)), 8, (8,)),
-    # Small ranges for CPU runs and tests.
-    'vit-cpu': PoolSpec('vit', (2, 4), ((3, 32, 64), (0, 48, 96)), 16, (2, 4)),
-    'gpt-cpu': PoolSpec('gpt', (2, 4), ((3, 32, 64), (0, 48, 96)), 16, (2, 4)),
+    # Small ranges for CPU runs and tests (see the module docstring).
+    'vit-cpu': PoolSpec('vit', (2, 4), ((0, 64, 96),), 8, (4, 8), mlp_ratios=(2, 3, 4)),
+    'gpt-cpu': PoolSpec('gpt', (2, 4), ((0, 64, 96),), 8, (4, 8), mlp_ratios=(2, 3, 4)),
 }
 
 
@@ -114,7 +122,8 @@ def _one(spec: PoolSpec, rng: np.random.Generator) -> ModelConfig:
     raise ValueError(f'no head count in {spec.heads} divides width {width}')
   num_heads = int(rng.choice(heads))
   patch = int(rng.choice(spec.patch_sizes)) if spec.kind == 'vit' else None
-  return build_config(spec, depth, width, num_heads, patch)
+  ratio = int(rng.choice(spec.mlp_ratios))
+  return build_config(spec, depth, width, num_heads, patch, mlp_dim=ratio * width)
 
 
 def sample_configs(pool: str | PoolSpec, n: int, seed: int, unique: bool = False) -> list[ModelConfig]:

@@ -25,7 +25,7 @@ from hyperinit.logah import meta, samplers
 from hyperinit.logah.ghn import GHNConfig
 from hyperinit.models.config import ModelConfig
 
-_POOL_FIELDS = ('depths', 'widths', 'width_step', 'heads', 'patch_sizes')
+_POOL_FIELDS = ('depths', 'widths', 'width_step', 'heads', 'patch_sizes', 'mlp_ratios')
 
 
 def ghn_config(config: Any) -> GHNConfig:
@@ -68,7 +68,7 @@ def pool_spec(config: Any) -> samplers.PoolSpec:
   over = {k: config.pool[k] for k in _POOL_FIELDS if config.pool.get(k) is not None}
   if 'widths' in over:
     over['widths'] = tuple(tuple(int(v) for v in row) for row in over['widths'])
-  for k in ('depths', 'heads', 'patch_sizes'):
+  for k in ('depths', 'heads', 'patch_sizes', 'mlp_ratios'):
     if k in over:
       over[k] = tuple(int(v) for v in over[k])
   spec = dataclasses.replace(spec, **over)

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hyperinit import spec as spec_lib
+from hyperinit.models import layers
 from hyperinit.models.config import (BlockConfig, ModelConfig, TransformerConfig, ViTConfig,
                                      config_from_dict)
 from hyperinit.models.presets import get_config, names as preset_names
@@ -75,6 +77,15 @@ def count_params(cfg: ModelConfig) -> int:
   return spec_lib.count(param_shapes(cfg))
 
 
+def init_std(cfg: ModelConfig, path: str, spec: spec_lib.ParamSpec, shape) -> float:
+  """Std of the random init of the weight leaf at `path` ('/'-joined) with this spec and
+  (per-layer) shape: GPT-2's 0.02 / sqrt(2L) on residual-output kernels, 0.02 elsewhere
+  (or 1 / sqrt(fan_in) under init='fan_in').  Only for leaves drawn at random (kernels,
+  embedding tables, the class token), not for gains / biases."""
+  fan_in = math.prod(int(shape[i]) for i in spec.fan_in) if spec.fan_in else 1
+  return layers.init_std(cfg, path, fan_in)
+
+
 __all__ = ['BlockConfig', 'ModelConfig', 'Transformer', 'TransformerConfig', 'ViT', 'ViTConfig',
            'build', 'config_from_dict', 'count_params', 'dummy_input', 'get_config', 'init_boxed',
-           'init_params', 'apply_fn', 'param_shapes', 'param_specs', 'preset_names']
+           'init_params', 'init_std', 'apply_fn', 'param_shapes', 'param_specs', 'preset_names']

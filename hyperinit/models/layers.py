@@ -200,6 +200,24 @@ def _residual_scale(cfg) -> float:
   return 1.0
 
 
+# Leaf paths (suffixes) of the kernels that get `_residual_scale`: the attention output and
+# the MLP output projection, whatever block or scan prefix holds them.
+RESIDUAL_OUTPUT_KERNELS = ('attn/out/kernel', 'mlp/wo/kernel')
+
+
+def init_std(cfg: BlockConfig, path: str, fan_in_size: int) -> float:
+  """The std `weight_init` draws the weight leaf at `path` with (its own init scale).
+
+  Covers every leaf drawn by `weight_init` (kernels, embedding tables, the class
+  token); gains (ones) and biases (zeros) have no std.  fan_in_size is the
+  product of the leaf's fan-in dims (1 for none), used by cfg.init='fan_in'.
+  """
+  scale = _residual_scale(cfg) if path.endswith(RESIDUAL_OUTPUT_KERNELS) else 1.0
+  if cfg.init == 'fan_in':
+    return scale / math.sqrt(max(int(fan_in_size), 1))
+  return cfg.init_std * scale
+
+
 class MLP(nn.Module):
   """Plain (act(x Wi) Wo) or gated (act(x Wg) * (x Wu) Wo) feed-forward.
 

@@ -1,37 +1,44 @@
 """The comparison experiment: LoGAH vs GHN-3 vs random init on held-out wider/deeper targets.
 
     from configs import ghn
-    summary = run(ghn.get_config('experiment'), workdir)
+    summary = run(ghn.get_config('experiment'), workdir)     # also workdir/logah_experiment.json
 
-For every pool of `config.pools`, decoder of `config.decoders` and seed of
-`config.seeds`, a GHN is meta-trained (`train.train_ghn` in
-`<workdir>/<pool>/<decoder>_s<seed>`; resumed, or skipped when done).  Then for
-every held-out target of the pool and every seed, the target is fine-tuned from
-the model's own random init (seeded) and from each GHN of that seed, with the
-same optimizer, batches and eval batches.  Everything is resumable: finished
-GHNs and fine-tuning runs are found on disk and skipped.
+For every task (pool) of `config.pools` and decoder of `config.decoders`, one
+GHN is meta-trained (`train.train_ghn` in `<workdir>/<task>/<decoder>_s<ghn_seed>`;
+resumed, or loaded when done).  Then every held-out target of the task is
+fine-tuned, for every seed of `config.seeds`, with the same trainer, batches
+and eval batches:
+  - from the model's own random init at each LR of `config.random_lrs`;
+  - from each GHN's prediction (+ `config.noise[decoder]` x each leaf's init std
+    of Gaussian noise) at random init's best LR (lowest mean eval loss at the
+    last step) times each multiplier of `config.ghn_lr_mults`.
+Finished GHNs and fine-tuning runs are found on disk and skipped.
 
-Writes (atomically) to the workdir: `finetune.jsonl` (one row per pool, target,
-init, seed and eval step), `results.md` (tables: mean ± std over seeds), one PNG
-per pool and target (`studies.plots`), and `timing.json` (wall seconds per phase).
+Writes (atomically) to the workdir: `runs.jsonl` (one row per fine-tuning run:
+its key, logged steps, eval loss / accuracy and the start's spectrum),
+`logah_experiment.json` (`summarize`: what docs/results/logah_experiment.json
+holds), `results.md` (`ghn_report.table`), PNGs (`ghn_report.plot`) and
+`timing.json` (wall seconds per phase).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 
-from hyperinit import _io
-from hyperinit.logah import saving, tasks
+from hyperinit import _io, models
+from hyperinit.logah import saving, spectrum, tasks
+from hyperinit.studies import ghn_finetune, ghn_report
 from hyperinit.train import ghn as train
-from hyperinit.studies import ghn_finetune, plots
 from hyperinit.train import metrics as metrics_lib
+
+SUMMARY = 'logah_experiment.json'
 
 
 def run_config(pool_cfg: Any, decoder: str, seed: int) -> Any:
@@ -48,182 +55,144 @@ def _load_rows(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the experiment; returns {'rows', 'meta', 'timing', 'table'}."""
-  os.makedirs(workdir, exist_ok=True)
-  seeds, decoders = [int(s) for s in config.seeds], list(config.decoders)
-  rows_path = os.path.join(workdir, 'finetune.jsonl')
-  rows = _load_rows(rows_path)
-  timing_path = os.path.join(workdir, 'timing.json')
-  timing = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
-  meta_rows: dict[str, list[dict[str, Any]]] = {}
-
-  def save_timing():
-    _io.atomic_write(timing_path, json.dumps(timing, indent=1, sort_keys=True))
-
-  for pool_name, pool_cfg in config.pools.items():
-    ghns: dict[tuple[str, int], tuple[Any, dict]] = {}
-    for decoder in decoders:
-      for seed in seeds:
-        run_dir = os.path.join(workdir, pool_name, f'{decoder}_s{seed}')
-        key = f'meta/{pool_name}/{decoder}_s{seed}'
-        done_dir = os.path.join(run_dir, 'ghn')
-        if os.path.isdir(done_dir):   # written atomically: whole or absent
-          ghns[(decoder, seed)] = saving.load_ghn(done_dir)
-        else:
-          t0 = time.perf_counter()
-          result = train.train_ghn(run_config(pool_cfg, decoder, seed), run_dir)
-          if not result['done']:
-            raise RuntimeError(f'GHN training in {run_dir} stopped at step {result["step"]} '
-                               '(preempted); rerun to resume')
-          timing[key] = time.perf_counter() - t0
-          save_timing()
-          ghns[(decoder, seed)] = (result['ghn_config'], result['params'])
-        meta_rows[f'{pool_name}/{decoder}_s{seed}'] = metrics_lib.read_jsonl(run_dir)
-    for target_name, target in tasks.targets(pool_cfg).items():
-      finetuner = None
-      for seed in seeds:
-        inits = ['random'] + decoders
-        todo = [i for i in inits if not any(
-            r['pool'] == pool_name and r['target'] == target_name and r['init'] == i
-            and r['seed'] == seed for r in rows)]
-        if not todo:
-          continue
-        finetuner = finetuner or ghn_finetune.Finetuner(pool_cfg.finetune, target)
-        params = ghn_finetune.init_params(target, seed, {d: ghns[(d, seed)] for d in decoders
-                                                     if d in todo})
-        for init in todo:
-          t0 = time.perf_counter()
-          curve = finetuner.run(params[init], seed)
-          timing[f'finetune/{pool_name}/{target_name}/{init}_s{seed}'] = time.perf_counter() - t0
-          rows += [{'pool': pool_name, 'target': target_name, 'init': init, 'seed': seed, **r}
-                   for r in curve]
-          _io.atomic_write(rows_path, ''.join(json.dumps(r) + '\n' for r in rows))
-          save_timing()
-  table = report(config, rows, meta_rows, timing)
-  _io.atomic_write(os.path.join(workdir, 'results.md'), table)
-  if config.get('plots', True):
-    plot(config, rows, meta_rows, workdir)
-  return {'rows': rows, 'meta': meta_rows, 'timing': timing, 'table': table}
+def _spectrum(params: Any, target: Any, min_dim: int) -> dict[str, Any]:
+  st = spectrum.spectrum_stats(params, models.param_specs(target), min_dim)
+  return {k: st[k] for k in ('top1_share', 'effective_rank', 'num_leaves', 'min_dim')}
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
-  """{(pool, target, init, step): {'loss': (mean, std, n), 'accuracy': (...)}} over seeds
-  ('accuracy' for classification only)."""
-  groups = collections.defaultdict(list)
-  for r in rows:
-    groups[(r['pool'], r['target'], r['init'], r['step'])].append(r)
-  out = {}
-  for k, rs in groups.items():
-    out[k] = {m: (*_stats([r[m] for r in rs]), len(rs)) for m in ('loss', 'accuracy')
-              if all(m in r for r in rs)}
+def _curve(rows: list[dict[str, float]]) -> dict[str, list]:
+  out = {'steps': [int(r['step']) for r in rows], 'loss': [float(r['loss']) for r in rows]}
+  if all('accuracy' in r for r in rows):
+    out['accuracy'] = [float(r['accuracy']) for r in rows]
   return out
 
 
-def report(config: Any, rows: list[dict[str, Any]], meta_rows: dict[str, list[dict[str, Any]]],
-           timing: dict[str, float]) -> str:
-  """Markdown: fine-tuning table (eval loss and accuracy, mean ± std over seeds) + meta-training."""
-  s = summarize(rows)
-  seeds = [int(x) for x in config.seeds]
-  lines = [f'Seeds {seeds}; mean ± std over seeds of the eval loss in nats (ViTs: eval accuracy '
-           'in brackets).', '']
-  for pool_name, pool_cfg in config.pools.items():
-    ft = pool_cfg.finetune
-    cols = sorted({0, int(ft.num_train_steps), *(int(x) for x in ft.eval_at)})
-    for target_name in tasks.targets(pool_cfg):
-      lines += [f'**{pool_name}** pool `{pool_cfg.pool.name}` on `{pool_cfg.data.dataset}` '
-                f'-> held-out target `{target_name}`', '',
-                '| init | ' + ' | '.join(f'step {c}' for c in cols) + ' |',
-                '| --- |' + ' --- |' * len(cols)]
-      for init in ['random'] + list(config.decoders):
-        cells = []
-        for c in cols:
-          v = s.get((pool_name, target_name, init, c))
-          if v is None:
-            cells.append('—')
-            continue
-          lm, ls, _ = v['loss']
-          acc = f" ({100 * v['accuracy'][0]:.1f}%)" if 'accuracy' in v else ''
-          cells.append(f'{lm:.3f} ± {ls:.3f}{acc}')
-        lines.append(f'| {init} | ' + ' | '.join(cells) + ' |')
-      lines.append('')
-  lines += ['Meta-training (eval of the exported GHN on held-out data; mean ± std over seeds):', '',
-            '| pool | decoder | pool archs: loss at step 0 | at the end | held-out target: loss '
-            'at step 0 | at the end | meta-train wall (s) |', '| --- | --- | --- | --- | --- | --- | --- |']
-  for pool_name, pool_cfg in config.pools.items():
-    names = list(tasks.targets(pool_cfg))
-    for decoder in config.decoders:
-      ev = [[r for r in meta_rows.get(f'{pool_name}/{decoder}_s{sd}', []) if r['split'] == 'eval']
-            for sd in seeds]
-      ev = [e for e in ev if e]
-      if not ev:
-        continue
-
-      def cell(key, idx):
-        vals = [e[idx][key] for e in ev if key in e[idx]]
-        if not vals:
-          return '—'
-        m, sd = _stats(vals)
-        return f'{m:.3f} ± {sd:.3f}'
-
-      wall = [timing.get(f'meta/{pool_name}/{decoder}_s{sd}') for sd in seeds]
-      wall = [w for w in wall if w is not None]
-      tkey = f'{names[0]}/loss' if names else ''
-      lines.append(f'| {pool_name} | {decoder} | {cell("pool_loss", 0)} | {cell("pool_loss", -1)} '
-                   f'| {cell(tkey, 0)} | {cell(tkey, -1)} | '
-                   f'{" / ".join(f"{w:.0f}" for w in wall) or "—"} |')
-  ft_wall = sum(v for k, v in timing.items() if k.startswith('finetune/'))
-  meta_wall = sum(v for k, v in timing.items() if k.startswith('meta/'))
-  lines += ['', f'Wall time recorded: meta-training {meta_wall:.0f} s, fine-tuning {ft_wall:.0f} s.',
-            '']
-  return '\n'.join(lines)
+def train_ghns(config: Any, task: str, pool_cfg: Any, workdir: str, timing: dict[str, float],
+               save_timing) -> tuple[dict[str, tuple[Any, dict]], dict[str, dict[str, Any]]]:
+  """({decoder: (ghn config, params)}, {decoder: meta-training record}) of one task."""
+  seed = int(config.ghn_seed)
+  ghns, records = {}, {}
+  for decoder in config.decoders:
+    run_dir = os.path.join(workdir, task, f'{decoder}_s{seed}')
+    key = f'meta/{task}/{decoder}'
+    done_dir = os.path.join(run_dir, 'ghn')
+    if os.path.isdir(done_dir):   # written atomically: whole or absent
+      ghns[decoder] = saving.load_ghn(done_dir)
+    else:
+      logging.info('meta-training %s GHN for %s in %s', decoder, task, run_dir)
+      t0 = time.perf_counter()
+      result = train.train_ghn(run_config(pool_cfg, decoder, seed), run_dir)
+      if not result['done']:
+        raise RuntimeError(f'GHN training in {run_dir} stopped at step {result["step"]} '
+                           '(preempted); rerun to resume')
+      timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+      save_timing()
+      ghns[decoder] = (result['ghn_config'], result['params'])
+    rows = metrics_lib.read_jsonl(run_dir)
+    evals = [r for r in rows if r.get('split') == 'eval']
+    records[decoder] = {
+        'steps': int(pool_cfg.num_steps), 'wall_s': timing.get(key),
+        'first_eval': evals[0] if evals else None, 'last_eval': evals[-1] if evals else None,
+        'curve': [[int(r['step']), float(r['task_loss'])] for r in rows
+                  if r.get('split') == 'train' and 'task_loss' in r]}
+  return ghns, records
 
 
-def plot(config: Any, rows: list[dict[str, Any]], meta_rows: dict[str, list[dict[str, Any]]],
-         workdir: str) -> list[str]:
-  """One PNG per pool and target: fine-tuning loss / accuracy vs step, and meta-training loss."""
-  plt = plots.pyplot()
-  s = summarize(rows)
-  paths = []
-  colors = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange'}
-  for pool_name, pool_cfg in config.pools.items():
-    for target_name in tasks.targets(pool_cfg):
-      keys = [k for k in s if k[:2] == (pool_name, target_name)]
-      metrics = [m for m in ('loss', 'accuracy') if keys and all(m in s[k] for k in keys)]
-      fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 4))
-      for init in ['random'] + list(config.decoders):
-        steps = sorted(k[3] for k in keys if k[2] == init)
-        if not steps:
-          continue
-        for ax, metric in zip(axes[:-1], metrics):
-          m = np.array([s[(pool_name, target_name, init, st)][metric][0] for st in steps])
-          sd = np.array([s[(pool_name, target_name, init, st)][metric][1] for st in steps])
-          ax.plot(steps, m, label=init, color=colors.get(init))
-          ax.fill_between(steps, m - sd, m + sd, alpha=0.2, color=colors.get(init))
-          ax.set_xlabel('fine-tuning step')
-          ax.set_ylabel(f'eval {metric}')
-          ax.set_title(f'{pool_name}: {target_name}, fine-tuning')
+def best_lr(runs: list[dict[str, Any]], task: str, target: str, lrs: list[float]) -> float:
+  """The random-init LR with the lowest mean (over seeds) eval loss at the last logged step."""
+  def final(lr):
+    v = [r['loss'][-1] for r in runs if (r['task'], r['target'], r['init'], r['lr'])
+         == (task, target, 'random', lr)]
+    return float(np.mean(v)) if v else float('inf')
+  return min(lrs, key=final)
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the experiment; returns the summary (also written as SUMMARY)."""
+  os.makedirs(workdir, exist_ok=True)
+  seeds = [int(s) for s in config.seeds]
+  lrs = [float(x) for x in config.random_lrs]
+  runs_path = os.path.join(workdir, 'runs.jsonl')
+  runs = _load_rows(runs_path)
+  timing_path = os.path.join(workdir, 'timing.json')
+  timing = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
+  save_timing = lambda: _io.atomic_write(timing_path, json.dumps(timing, indent=1, sort_keys=True))
+  done = {(r['task'], r['target'], r['init'], r['lr'], r['seed']) for r in runs}
+  meta_records, spectra, best, names = {}, {}, {}, {}
+
+  for task, pool_cfg in config.pools.items():
+    ghns, meta_records[task] = train_ghns(config, task, pool_cfg, workdir, timing, save_timing)
+    targets = tasks.targets(pool_cfg)
+    names[task], spectra[task], best[task] = list(targets), {}, {}
+    min_dim = 2 * min(cfg.rank for cfg, _ in ghns.values()) if ghns else 1
+    for tname, target in targets.items():
+      predicted = ghn_finetune.predict_inits(target, ghns)
+      spectra[task][tname] = {'random': _spectrum(models.init_params(target, jax.random.key(0)), target,
+                                                  min_dim)}
+      spectra[task][tname].update({d: _spectrum(p, target, min_dim) for d, p in predicted.items()})
+      finetuners: dict[float, ghn_finetune.Finetuner] = {}
+
+      def finetune(init, lr, mult, noise, seed):
+        key = (task, tname, init, lr, seed)
+        if key in done:
+          return
+        ft = finetuners.get(lr) or finetuners.setdefault(
+            lr, ghn_finetune.Finetuner(pool_cfg.finetune, target, lr=lr))
+        start = ghn_finetune.start_params(target, seed, predicted.get(init), noise)
+        t0 = time.perf_counter()
+        curve = ft.run(start, seed)
+        timing[f'finetune/{task}/{tname}/{init}_lr{lr:g}_s{seed}'] = time.perf_counter() - t0
+        row = {'task': task, 'target': tname, 'init': init, 'lr': lr, 'lr_mult': mult,
+               'noise': noise, 'seed': seed, **_curve(curve),
+               'start_spectrum': _spectrum(start, target, min_dim)}
+        runs.append(row)
+        done.add(key)
+        _io.atomic_write(runs_path, ''.join(json.dumps(r) + '\n' for r in runs))
+        save_timing()
+
+      for lr in lrs:
+        for seed in seeds:
+          finetune('random', lr, 1.0, 0.0, seed)
+      best[task][tname] = best_lr(runs, task, tname, lrs)
       for decoder in config.decoders:
-        curves = [[(r['step'], r['task_loss']) for r in meta_rows.get(f'{pool_name}/{decoder}_s{sd}', [])
-                   if r['split'] == 'train'] for sd in config.seeds]
-        curves = [c for c in curves if c]
-        if curves:
-          n = min(len(c) for c in curves)
-          steps = [st for st, _ in curves[0][:n]]
-          m = np.mean([[v for _, v in c[:n]] for c in curves], axis=0)
-          axes[-1].plot(steps, m, label=decoder, color=colors.get(decoder))
-      axes[-1].set_xlabel('meta-training step')
-      axes[-1].set_ylabel('train task loss (mean over pool, seeds)')
-      axes[-1].set_title(f'meta-training on {pool_cfg.pool.name}')
-      for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-      path = plots.save(fig, os.path.join(workdir, f'{pool_name}_{target_name}.png'), dpi=90)
-      paths.append(path)
-      logging.info('wrote %s', path)
-  return paths
+        noise = float(config.noise.get(decoder, 0.0))
+        for mult in (float(m) for m in config.ghn_lr_mults):
+          for seed in seeds:
+            finetune(decoder, best[task][tname] * mult, mult, noise, seed)
+
+  summary = summarize(config, runs, names, best, spectra, meta_records, timing)
+  _io.atomic_write(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=1))
+  write_report(summary, workdir, plot=bool(config.get('plots', True)))
+  return summary
+
+
+def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> dict[str, Any]:
+  """The summary JSON: {'seeds', 'table_steps', 'targets' {task: [names]}, 'runs' [{task,
+  target, init, lr, lr_mult, noise, seed, steps, loss, [accuracy], start_spectrum}],
+  'best_random_lr' {task: {target: lr}}, 'spectra' {task: {target: {init: {top1_share,
+  effective_rank, num_leaves, min_dim}}}} (of the predictions, before noise; 'random': seed 0),
+  'speedup' {task: {target: {arm: {seed: {ghn_loss, random_steps}}}}}, 'meta_training'
+  {task: {decoder: {steps, wall_s, first_eval, last_eval, curve}}}, 'timing', 'recipe'}."""
+  first = next(iter(config.pools.values())).finetune
+  summary = {
+      'seeds': [int(s) for s in config.seeds], 'ghn_seed': int(config.ghn_seed),
+      'table_steps': sorted({0, int(first.num_train_steps), *(int(s) for s in first.eval_at)}),
+      'targets': names, 'runs': runs, 'best_random_lr': best, 'spectra': spectra,
+      'meta_training': meta_records, 'timing': timing,
+      'speedup_step': int(config.get('speedup_step', 100)),
+      'recipe': {'random_lrs': [float(x) for x in config.random_lrs],
+                 'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
+                 'noise': {k: float(v) for k, v in config.noise.items()},
+                 'decoders': list(config.decoders)}}
+  summary['speedup'] = {t: {n: {a: {str(s): v for s, v in per.items()} for a, per in
+                                ghn_report.speedup(summary, t, n, summary['speedup_step']).items()} for n in ns}
+                        for t, ns in names.items()}
+  return summary
+
+
+def write_report(summary: dict[str, Any], outdir: str, plot: bool = True) -> list[str]:
+  """results.md and (plot=True) the PNGs of a summary into outdir; returns the paths."""
+  os.makedirs(outdir, exist_ok=True)
+  path = os.path.join(outdir, 'results.md')
+  _io.atomic_write(path, ghn_report.table(summary))
+  return [path] + (ghn_report.plot(summary, outdir) if plot else [])

@@ -1,10 +1,10 @@
 """Fine-tuning comparisons: one target, one optimizer, one data order, different inits.
 
-    ft = Finetuner(config.finetune, target)             # the trainer's setup, built once
-    curve = ft.run(params, seed=0)
+    ft = Finetuner(config.finetune, target, lr=3e-4)    # the trainer's setup, built once per LR
+    predicted = predict_inits(target, {'logah': (ghn_cfg, ghn_params)})   # {'logah': params}
+    start = start_params(target, seed, predicted.get(init), noise=0.1)    # random init if None
+    curve = ft.run(start, seed=0)
     # [{'step': 0, 'loss': 2.31, 'accuracy': 0.11}, {'step': 25, ...}, ...]
-    inits = init_params(target, seed, ghns={'logah': (ghn_cfg, ghn_params)})
-    # {'random': the model's own init, 'logah': predicted params}
 
 `config.finetune` is a trainer config (configs/ghn.py builds it from
 configs/common.py), so fine-tuning is the shared trainer's jitted, sharded
@@ -12,7 +12,11 @@ train and eval steps (`hyperinit.train.setup`): AdamW with warm-up + cosine
 decay and weight decay on matrices, the trainer's data loaders, its eval sums.
 Every init of a comparison gets the same batches (the train loader seeded by
 `seed`) and the same eval batches, evaluated at step 0, at `eval_at`, every
-`eval_every` steps and at the end.
+`eval_every` steps and at the end.  The learning rate is the one knob that
+differs between runs (GHN starts are fine-tuned at a multiple of random init's
+LR, as GHN-3's recipe does), and predicted starts may get Gaussian noise of a
+given fraction of each weight leaf's own init std (`add_noise`): GHN-3's tiled
+predictions repeat channel blocks that deterministic training never separates.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from hyperinit import models, train
+from hyperinit import models, spec as spec_lib, train
 from hyperinit.logah import ghn as ghn_lib
+from hyperinit.logah.graph import slice_spec
 from hyperinit.models.config import ModelConfig
 from hyperinit.train import tasks as train_tasks
 
@@ -50,9 +55,13 @@ class Finetuner:
     f: the fine-tuning trainer config (`config.finetune` of configs/ghn.py).
     target: the model config to fine-tune.
     devices: devices of the mesh (default: the first `f.num_devices`, 0 = all).
+    lr: peak learning rate (default: f.optimizer.learning_rate).
   """
 
-  def __init__(self, f: Any, target: ModelConfig, devices: Any = None):
+  def __init__(self, f: Any, target: ModelConfig, devices: Any = None, lr: float | None = None):
+    if lr is not None:
+      f = f.copy_and_resolve_references()
+      f.optimizer.learning_rate = float(lr)
     self.f, self.target = f, target
     if devices is None:
       n = int(f.get('num_devices') or 0)
@@ -102,10 +111,36 @@ class Finetuner:
     return rows
 
 
-def init_params(target: ModelConfig, seed: int,
-                ghns: dict[str, tuple[ghn_lib.GHNConfig, dict]] | None = None) -> dict[str, Any]:
-  """{'random': the model's own init (seeded), name: GHN-predicted params for each GHN}."""
-  out = {'random': models.init_params(target, jax.random.key(seed))}
-  for name, (cfg, params) in (ghns or {}).items():
-    out[name] = ghn_lib.predict(cfg, params, target)
-  return out
+def predict_inits(target: ModelConfig,
+                  ghns: dict[str, tuple[ghn_lib.GHNConfig, dict]]) -> dict[str, Any]:
+  """{name: GHN-predicted params of `target`} (deterministic: one prediction per GHN)."""
+  return {name: ghn_lib.predict(cfg, params, target) for name, (cfg, params) in ghns.items()}
+
+
+def add_noise(params: Any, target: ModelConfig, frac: float, rng: jax.Array) -> Any:
+  """params + N(0, (frac * init std)^2) on every weight leaf (kernels, tables, class token);
+  gains and biases are left as they are.  The std is the leaf's own (`models.init_std`)."""
+  if frac == 0:
+    return params
+  specs = spec_lib.flatten(models.param_specs(target), is_leaf=spec_lib.is_spec)
+  flat = spec_lib.flatten(params)
+  out = {}
+  for i, (path, x) in enumerate(sorted(flat.items())):
+    s = specs[path]
+    if not (s.fan_in or s.role == 'cls_token'):
+      out[path] = x
+      continue
+    per_layer = x.shape[1:] if s.axes and s.axes[0] == 'layers' else x.shape
+    s1 = slice_spec(s) if s.axes and s.axes[0] == 'layers' else s
+    std = frac * models.init_std(target, path, s1, per_layer)
+    out[path] = x + std * jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+  return spec_lib.unflatten(out)
+
+
+def start_params(target: ModelConfig, seed: int, predicted: Any = None,
+                 noise: float = 0.0) -> Any:
+  """The params a fine-tuning run starts from: the model's own random init (seeded) when
+  `predicted` is None, else `predicted` + `add_noise(frac=noise)` (noise seeded by `seed`)."""
+  if predicted is None:
+    return models.init_params(target, jax.random.key(seed))
+  return add_noise(predicted, target, noise, jax.random.fold_in(jax.random.key(seed), 1))

@@ -21,6 +21,7 @@ run (the data iterator position is restored).
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -43,7 +44,11 @@ from hyperinit.train.step import TrainState
 # XLA options for `fast_compile`: far shorter CPU compiles of the many small per-group
 # programs (measured ~2.5x), at the price of slower steps; for smoke runs and tests.
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-_COMPILED: dict[Any, Any] = {}
+# Ahead-of-time compiled programs, least recently used last out.  Bounded: every executable
+# holds its buffers' layouts and code, and an experiment compiles one meta-step and one eval
+# program per group for each GHN it trains; 256 holds several GHNs' pools (16-32 groups each).
+COMPILED_CACHE_SIZE = 256
+_COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 
 
 def call_jitted(fn: Any, args: tuple, statics: dict[str, Any], fast: bool):
@@ -54,8 +59,12 @@ def call_jitted(fn: Any, args: tuple, statics: dict[str, Any], fast: bool):
   leaves, tree = jax.tree.flatten(args)
   key = (fn, tuple(sorted(statics.items())), tree,
          tuple((np.shape(x), str(x.dtype)) for x in leaves))
-  if key not in _COMPILED:
+  if key in _COMPILED:
+    _COMPILED.move_to_end(key)
+  else:
     _COMPILED[key] = fn.lower(*args, **statics).compile(compiler_options=FAST_COMPILE)
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+      _COMPILED.popitem(last=False)
   return _COMPILED[key](*args)
 
 
@@ -71,14 +80,8 @@ def eval_group(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Arr
                ghn_cfg: ghn_lib.GHNConfig,
                targets: tuple[ModelConfig, ...]) -> tuple[jax.Array, jax.Array]:
   """(task loss [T], accuracy [T]) of each target with GHN-predicted params on `batch`."""
-  codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
-  losses, accs = [], []
-  for i, target in enumerate(targets):
-    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
-    loss, acc = meta.task_loss(target, predicted, batch)
-    losses.append(loss)
-    accs.append(acc)
-  return jnp.stack(losses), jnp.stack(accs)
+  _, m = meta.meta_loss(params, graphs, batch, ghn_cfg=ghn_cfg, targets=targets, l2=0.0)
+  return m['task_losses'], m['accuracies']
 
 
 def evaluate(ghn_cfg: ghn_lib.GHNConfig, params: dict,
@@ -88,7 +91,7 @@ def evaluate(ghn_cfg: ghn_lib.GHNConfig, params: dict,
   """Mean loss / accuracy of the predicted params over `batches` (fixed eval batches).
 
   Returns {'pool_loss', 'pool_accuracy'} (mean over every architecture of
-  `groups`) and, for each entry of `named`, '<name>/loss' and '<name>/accuracy'.
+  `groups`, the evaluated pool groups) and, for each entry of `named`, '<name>/loss' and '<name>/accuracy'.
   """
   out: dict[str, float] = {}
   mb = [tasks.meta_batch(b) for b in batches]
@@ -190,17 +193,21 @@ def train_ghn(config: Any, workdir: str, *,
     batch = tasks.meta_batch(next(data_iter))
     state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch),
                            dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
-    m = {k: v for k, v in m.items() if k != 'task_losses'}
+    m = {k: v for k, v in m.items() if k not in ('task_losses', 'accuracies')}
     if on_step is not None:
       on_step(step, m)  # before the SIGTERM check: a signal sent here stops at this step
     return state, m
 
   eval_data = None  # fixed eval batches, read at the first eval
+  # Each evaluated group is one more compiled program: a subset of the pool's groups
+  # (config.eval_pool_groups; 0 or None: all) keeps the eval cost bounded on big pools.
+  n_eval = int(config.get('eval_pool_groups') or 0)
+  eval_groups = groups[:n_eval] if n_eval > 0 else groups
 
   def eval_fn(state):
     nonlocal eval_data
     eval_data = eval_data or tasks.eval_batches(config)
-    return evaluate(ghn_cfg, _eval_params(config, state), groups, eval_data, held_out, fast)
+    return evaluate(ghn_cfg, _eval_params(config, state), eval_groups, eval_data, held_out, fast)
 
   eval_every = int(config.eval_every)
   guard = hooks.NonFiniteGuard(
