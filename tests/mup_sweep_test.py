@@ -1,8 +1,10 @@
 """µTransfer sweeps and the base-HP search: report arithmetic, n-gram baselines, smoke presets."""
 
+import glob
 import json
 import math
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -72,6 +74,21 @@ def _smoke(mode, **overrides):
   return c
 
 
+def _tb_scalars(logdir):
+  """{tag: [(step, value)]} of a TensorBoard run dir (TFRecord framing: length, crc, data, crc)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+    raw, i = open(path, 'rb').read(), 0
+    while i < len(raw):
+      n = struct.unpack('<Q', raw[i:i + 8])[0]
+      event = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
 def test_width_smoke_sweep_records_baselines_divergence_and_resume(tmp_path):
   c = _smoke('width')
   c.lr_offsets.mup = (0.0, 23.0)        # 2^-9 and 2^14 (no clipping: the loss blows up)
@@ -101,10 +118,19 @@ def test_width_smoke_sweep_records_baselines_divergence_and_resume(tmp_path):
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == 6 and {'val_loss', 'train_tail_loss', 'diverged'} <= set(json.loads(
       lines[0]))
+  # TensorBoard: one run per record, its chunk-mean training curve and the final validation loss
+  runs = sorted(os.listdir(tmp_path / 'tb'))
+  assert len(runs) == 6 and 'mup_w16_L1_s0_lr-9' in runs, runs
+  ok = recs[('mup', 16, -9.0)]
+  assert _tb_scalars(tmp_path / 'tb' / 'mup_w16_L1_s0_lr-9') == {
+      'train/loss': [(2 * (i + 1), pytest.approx(v, rel=1e-6)) for i, v in enumerate(ok['curve'])],
+      'eval/loss': [(4, pytest.approx(ok['val_loss'], rel=1e-6))]}
+  assert len(ok['curve']) == 2
+  assert set(_tb_scalars(tmp_path / 'tb' / 'mup_w16_L1_s0_lr+14')) == {'train/loss'}
   summary = report.write_outputs(str(tmp_path), out)
   assert summary['mup']['sizes'][16]['diverged'] == [14.0]
   assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl', 'results.json', 'summary.json',
-                                          'sweep.png', 'table.md']
+                                          'sweep.png', 'table.md', 'tb']
   # interrupted: drop the width-32 records; the rerun computes only those, identically
   path = tmp_path / 'results.json'
   saved = json.loads(path.read_text())
@@ -134,6 +160,9 @@ def test_search_smoke_writes_base_hps_that_the_width_sweep_reads(tmp_path):
   assert len(res['trials']) >= 2 + 2 and any('trial' in m for m in logs)
   best = min(t['loss'] for t in res['trials'])
   assert res['loss'] == pytest.approx(best, abs=c.search.min_gain + 1e-9)
+  n_runs = len(res['trials']) * int(c.search.seeds)
+  assert len(os.listdir(tmp_path / 'search' / 'tb')) == n_runs
+  assert len((tmp_path / 'search' / 'metrics.jsonl').read_text().splitlines()) == n_runs
   saved = json.loads(open(hps_file).read())
   assert saved['base_hps'] == res['base_hps'] and saved['log2_lr'] == res['log2_lr']
   # a rerun reuses every trial

@@ -22,7 +22,8 @@ sweeps report.  The result is a JSON file that the width sweep reads
 
     {'base_hps': {...}, 'log2_lr': muP base LR, 'sp_log2_lr': SP's at the base, 'loss', ...}
 
-    result = run_search(config, workdir)   # workdir/search.json (trials, resumable)
+    result = run_search(config, workdir)   # workdir/search.json (trials, resumable),
+                                           # metrics.jsonl and tb/ (a run per trial and seed)
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def run_search(config: Any, workdir: str | None = None, log: Callable[[str], Non
         progs[hkey] = sweep.build_program(config, 'mup', w, d, hps)
       recs = [sweep.run_one(progs[hkey], config, batches[k], evals, n_eval, 'mup', w, d, k,
                             log2_lr) for k in seeds]
+      if workdir:
+        for k, r in zip(seeds, recs):
+          sweep.log_run(workdir, r, int(config.chunk), name=f'trial{len(trials) + 1:03d}_s{k}')
       per_seed = [math.inf if r.diverged else r.train_tail_loss for r in recs]
       trials[key] = {'base_hps': hps.to_dict(), 'log2_lr': float(log2_lr),
                      'loss': float(np.mean(per_seed)), 'per_seed': per_seed,

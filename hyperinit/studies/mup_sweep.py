@@ -39,7 +39,7 @@ import optax
 from hyperinit import data, models, mup
 from hyperinit.studies import mup_baselines
 from hyperinit.studies.mup_sweep_report import LABELS, PARAMETRIZATIONS, write_json
-from hyperinit.train import mup as mup_train, optim
+from hyperinit.train import metrics, mup as mup_train, optim
 
 
 @dataclasses.dataclass
@@ -58,6 +58,7 @@ class Record:
     diverged: a non-finite loss, or a chunk's mean loss above diverge_loss.
     diverged_at: the step whose chunk diverged, or None.
     seconds: wall time of the run (compilation excluded).
+    curve: mean training loss of each chunk of `config.chunk` steps (to the divergence).
   """
   param: str
   width: int
@@ -69,6 +70,7 @@ class Record:
   diverged: bool = False
   diverged_at: int | None = None
   seconds: float = 0.0
+  curve: list[float] | None = None
 
   @property
   def key(self) -> tuple[str, int, int, int, float]:
@@ -256,14 +258,28 @@ def run_one(prog: Program, config: Any, batches, evals, n_eval_tokens: int, para
     if not np.all(np.isfinite(loss)) or np.mean(loss) > float(config.diverge_loss):
       bad = int(np.argmax(~np.isfinite(loss))) if not np.all(np.isfinite(loss)) else chunk - 1
       return Record(param, width, depth, seed, log2_lr, diverged=True,
-                    diverged_at=start + bad + 1, seconds=time.perf_counter() - t0)
+                    diverged_at=start + bad + 1, seconds=time.perf_counter() - t0,
+                    curve=[float(np.mean(l)) for l in losses])
   total = sum(float(prog.eval_loss(params, *b)) for b in evals)
   val = total / n_eval_tokens
   tail = np.concatenate(losses)[-max(1, int(round(steps * float(config.tail_fraction)))):]
   ok = math.isfinite(val)
   return Record(param, width, depth, seed, log2_lr, val if ok else None,
                 float(np.mean(tail)) if ok else None, diverged=not ok,
-                seconds=time.perf_counter() - t0)
+                seconds=time.perf_counter() - t0, curve=[float(np.mean(l)) for l in losses])
+
+
+def log_run(workdir: str, rec: Record, chunk: int, name: str | None = None) -> None:
+  """Appends `rec` to workdir/metrics.jsonl and writes its curve as the TensorBoard run
+  workdir/tb/<name> (train/loss per chunk, eval/loss at the end), e.g. `tensorboard --logdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({**dataclasses.asdict(rec), 'time': time.time()}) + '\n')
+  name = name or f'{rec.param}_w{rec.width}_L{rec.depth}_s{rec.seed}_lr{rec.log2_lr:+g}'
+  series = {'train/loss': [((i + 1) * chunk, v) for i, v in enumerate(rec.curve or [])]}
+  if rec.val_loss is not None:
+    series['eval/loss'] = [(len(rec.curve or []) * chunk, rec.val_loss)]
+  metrics.write_tensorboard(os.path.join(workdir, 'tb', name), series)
 
 
 # Grid fields: a saved sweep that differs from this one only in these keeps its records.
@@ -383,6 +399,5 @@ def run_sweep(config: Any, workdir: str | None = None, log: Callable[[str], None
           f'{_eta(done_cost, done_s, todo_cost)})')
     if workdir:
       write_json(path, result())
-      with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:   # one line per run
-        f.write(json.dumps({**dataclasses.asdict(rec), 'time': time.time()}) + '\n')
+      log_run(workdir, rec, int(config.chunk))
   return {**result(), 'seconds': time.perf_counter() - t_start}

@@ -72,6 +72,27 @@ class MetricsWriter:
       self._tb = None
 
 
+def write_tensorboard(logdir: str, series: Mapping[str, Any]) -> None:
+  """Writes one finished run as TensorBoard events in `logdir` (replaced if it exists).
+
+  For studies whose runs are not trainer runs (sweeps): `series` is {tag: [(step, value), ...]}.
+  Only process 0 writes.
+  """
+  if jax.process_index() != 0:
+    return
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(logdir):          # a run cut short and rerun: no duplicate points
+    for name in os.listdir(logdir):
+      os.remove(os.path.join(logdir, name))
+  writer = SummaryWriter(logdir)
+  try:
+    for tag, points in series.items():
+      for step, value in points:
+        writer.add_scalar(tag, float(value), int(step))
+  finally:
+    writer.close()
+
+
 def read_jsonl(workdir: str) -> list[dict[str, Any]]:
   """The rows of `<workdir>/metrics.jsonl`."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
