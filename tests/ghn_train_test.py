@@ -223,3 +223,7 @@ def test_ema_warmup_closed_form(smoke_run, data_dir):
   for e, p0, p1 in zip(jax.tree.leaves(state['ema']), jax.tree.leaves(before),
                        jax.tree.leaves(state['params'])):
     np.testing.assert_allclose(e, d * p0 + (1 - d) * np.asarray(p1), rtol=1e-5, atol=1e-7)
+  # the experiment drops a finished GHN's programs (else they exhaust the memory mappings)
+  assert train._COMPILED  # pylint: disable=protected-access
+  train.release_programs()
+  assert not train._COMPILED  # pylint: disable=protected-access

@@ -82,6 +82,7 @@ def train_ghns(config: Any, task: str, pool_cfg: Any, workdir: str, timing: dict
       logging.info('meta-training %s GHN for %s in %s', decoder, task, run_dir)
       t0 = time.perf_counter()
       result = train.train_ghn(run_config(pool_cfg, decoder, seed), run_dir)
+      train.release_programs()   # this GHN's per-group programs are not needed again
       if not result['done']:
         raise RuntimeError(f'GHN training in {run_dir} stopped at step {result["step"]} '
                            '(preempted); rerun to resume')
@@ -159,6 +160,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for mult in (float(m) for m in config.ghn_lr_mults):
           for seed in seeds:
             finetune(decoder, best[task][tname] * mult, mult, noise, seed)
+      finetuners.clear()
+      train.release_programs()     # the next target compiles its own
 
   summary = summarize(config, runs, names, best, spectra, meta_records, timing)
   _io.atomic_write(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=1))

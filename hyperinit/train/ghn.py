@@ -68,6 +68,18 @@ def call_jitted(fn: Any, args: tuple, statics: dict[str, Any], fast: bool):
   return _COMPILED[key](*args)
 
 
+def release_programs() -> None:
+  """Drops every compiled program (this module's AOT cache and jax's own caches).
+
+  A long experiment compiles a meta-step and an eval program per pool group for each GHN and
+  fine-tuning programs per target; kept alive, their executable code exhausts the process's
+  memory mappings (LLVM: 'Cannot allocate memory', measured after two 16-group GHNs). Call it
+  between runs whose programs will not be needed again.
+  """
+  _COMPILED.clear()
+  jax.clear_caches()
+
+
 def group_order(num_groups: int, seed: int, step: int) -> int:
   """Index of the group used at `step` (1-based): a seeded permutation per epoch of groups."""
   epoch, pos = divmod(step - 1, num_groups)
