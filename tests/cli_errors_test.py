@@ -102,6 +102,12 @@ def _main(module, *args):
      "clone_experiment: error: .*no field 'warmup'"),
     ('experiments.clone_experiment', ('--config=configs/clone_horizon.py:big',),
      "unknown clone_horizon config 'big'"),
+    ('experiments.mup_sweep', ('--config=configs/mup_sweep.py:wide',),
+     "unknown mup_sweep config 'wide'"),
+    ('experiments.mup_sweep', ('--config.nope=1',), "a --config override failed .*'nope'"),
+    ('experiments.coord_check', ('--config.nope=1',), "a --config override failed .*'nope'"),
+    ('experiments.ghn_experiment', ('--config.nope=1',), "a --config override failed .*'nope'"),
+    ('experiments.train_ghn', ('--config.nope=1',), "a --config override failed .*'nope'"),
 ])
 def test_study_mains_give_one_line(tmp_path, module, args, match):
   import re  # pylint: disable=g-import-not-at-top
