@@ -18,7 +18,7 @@ import pytest
 
 from configs import ghn as ghn_configs
 from hyperinit import models, spec
-from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks
+from hyperinit.logah import ghn as ghn_lib, meta, noise as noise_lib, saving, tasks
 from hyperinit.train import ghn as train
 from hyperinit.studies import ghn_experiment as experiment
 
@@ -81,6 +81,12 @@ def test_config_plumbing(data_dir):
       assert t.embed_dim > max(c.embed_dim for c in pool), task
   with pytest.raises(ValueError, match='unknown ghn config'):
     ghn_configs.get_config('vit_huge')
+  # config.tasks picks the pools a run handles (one process per task); a wrong name is refused
+  # before anything is trained.
+  assert exp.tasks == 'gpt,vit'
+  exp.tasks = 'gpt,imagenet'
+  with pytest.raises(ValueError, match=r"config.tasks names \['imagenet'\]"):
+    experiment.run(exp, os.path.join(data_dir, 'unused'))
 
 
 def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
@@ -155,11 +161,11 @@ def test_noise_is_a_fraction_of_each_leaf_init_std():
   from hyperinit.studies import ghn_finetune  # pylint: disable=g-import-not-at-top
   target = models.get_config('gpt2-tiny')
   zeros = jax.tree.map(np.zeros_like, models.init_params(target, jax.random.key(0)))
-  noisy = spec.flatten(ghn_finetune.add_noise(zeros, target, 0.5, jax.random.key(3)))
+  noisy = spec.flatten(noise_lib.add_noise(zeros, target, 0.5, jax.random.key(3)))
   assert np.std(noisy['block_0/mlp/wi/kernel']) == pytest.approx(0.01, rel=0.05)   # 0.5 * 0.02
   assert np.std(noisy['block_0/mlp/wo/kernel']) == pytest.approx(0.005, rel=0.05)  # residual
   assert not np.any(noisy['block_0/mlp/wi/bias']) and not np.any(noisy['final_norm/scale'])
-  assert ghn_finetune.add_noise(zeros, target, 0.0, jax.random.key(3)) is zeros
+  assert noise_lib.add_noise(zeros, target, 0.0, jax.random.key(3)) is zeros
 
 
 def test_meta_training_lowers_held_out_meta_loss(smoke_run):

@@ -46,6 +46,28 @@ def test_low_rank_factorisation_is_the_reference_reshape(small_params):
   np.testing.assert_allclose([mean, var], [w.mean(), w.var()], rtol=1e-3)
 
 
+
+def test_vector_head_is_a_mix_of_w_k_rows_with_no_shared_offset(small_params):
+  """LoGAH's 1-D head: v = a @ W_K[:, :n] (no b_K, no relu), so vectors of different nodes
+  share no offset; at GHN init (small last layer) gains are ~1 and biases ~0, as at random init.
+  (With b_K every predicted bias was the same vector, std 0.13 after meta-training.)"""
+  dec = decoders.LowRankDecoder(SMALL.hidden, SMALL.rank, SMALL.max_dim)
+  p = small_params['decoder']
+  e = jax.random.normal(jax.random.key(1), (2, SMALL.hidden))
+  codes = dec.apply({'params': p}, e, method=dec.codes)
+  v = np.asarray(dec.apply({'params': p}, codes, 1, 40, method=dec.vector))
+  want = np.asarray(codes['a'][:, 1]) @ np.asarray(p['expand_kernel'])[:, :40]
+  np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-7)
+  # A zero code gives a zero vector: nothing is shared by construction.
+  zero = jax.tree.map(jnp.zeros_like, codes)
+  assert not np.any(np.asarray(dec.apply({'params': p}, zero, 1, 40, method=dec.vector)))
+  out = spec.flatten(ghn_lib.predict(SMALL, small_params, models.get_config('gpt2-tiny')))
+  for path, x in out.items():
+    if path.endswith('scale'):
+      assert np.abs(np.asarray(x) - 1).max() < 0.1, path
+    elif path.endswith('bias'):
+      assert np.abs(np.asarray(x)).max() < 0.1, path
+
 def test_spectrum_closed_form():
   # Singular values (3, 2, 1): energies 9, 4, 1 -> top-1 share 9/14, effective rank 14^2/98 = 2.
   rng = np.random.default_rng(0)
@@ -169,8 +191,8 @@ def test_init_std_matches_the_models_own_init():
 
 
 def test_normalisations_closed_form(small_params):
-  """Mode 'init' (the default, GPT and ViT): every kernel at its own init std, tables at
-  init std * exp(learned log-gain); gain = 2 sigmoid(raw / 2), bias = tanh(raw / 5), with raw
+  """Mode 'init' (the default, GPT and ViT): every matrix at its own init std times the
+  node's predicted gain (1 at GHN init); gain = 2 sigmoid(raw / 2), bias = tanh(raw / 5), with raw
   decoded from the same node codes without normalisation."""
   for name in ('gpt2-tiny', 'vit-tiny'):
     target = models.get_config(name)
@@ -194,11 +216,18 @@ def test_normalisations_closed_form(small_params):
   pair, plans = _norm_and_raw(small_params, models.get_config('gpt2-tiny'))
   norm, raw = pair('block_1/attn/out/kernel')
   np.testing.assert_allclose(norm, raw * 0.01 / raw.std(), rtol=1e-3)
-  # The learned table gain: log-gain log 3 on positions -> std 0.06; token table unchanged.
-  p3 = dict(small_params, embed_log_gain=jnp.array([0.0, math.log(3.0)]))
+  # The predicted gain: a log-gain head output of log 3 on every node -> every matrix and
+  # table at 3x its init std (0.06, residual outputs 0.03); bounded at e^3 for large outputs.
+  p3 = dict(small_params, log_gain={'kernel': small_params['log_gain']['kernel'],
+                                    'bias': jnp.array([3 * math.atanh(math.log(3.0) / 3)])})
   pair, _ = _norm_and_raw(p3, models.get_config('gpt2-tiny'))
-  assert pair('pos_embed/embedding')[0].std() == pytest.approx(0.06, rel=1e-3)
-  assert pair('token_embed/embedding')[0].std() == pytest.approx(0.02, rel=1e-3)
+  for path, want in (('pos_embed/embedding', 0.06), ('token_embed/embedding', 0.06),
+                     ('block_0/mlp/wi/kernel', 0.06), ('block_1/attn/out/kernel', 0.03)):
+    assert pair(path)[0].std() == pytest.approx(want, rel=1e-3), path
+  p_big = dict(small_params, log_gain={'kernel': small_params['log_gain']['kernel'],
+                                       'bias': jnp.array([1e3])})
+  pair, _ = _norm_and_raw(p_big, models.get_config('gpt2-tiny'))
+  assert pair('block_0/mlp/wi/kernel')[0].std() == pytest.approx(0.02 * math.exp(3), rel=1e-3)
   # Mode 'fan_in' (GHN-3's vision rule): kernel = raw * sqrt(beta / fan_in), beta = 2; tables
   # are left raw whatever else the mode does (as the reference leaves positional encodings).
   fan = SMALL.replace(normalize='fan_in')
@@ -263,6 +292,6 @@ def test_default_ghn_parameter_count():
   # parameters, and covers GPT-2 Large; counted from shapes (nothing allocated).
   cfg = ghn_lib.GHNConfig()
   shapes = jax.eval_shape(lambda: ghn_lib.init(cfg, jax.random.key(0)))
-  assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == 2_484_906  # + 2 table gains
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == 2_484_969  # incl. the 65-param gain head
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hyperinit import checkpoint, models, spec
-from hyperinit.logah import batching, ghn as ghn_lib, meta, samplers
+from hyperinit.logah import batching, ghn as ghn_lib, meta, noise as noise_lib, samplers
 from hyperinit.logah.graph import OP_ID, build_graph, check_leaf_mapping, shortest_paths, size_bin
 
 # A small GHN for everything that really runs (compiles in seconds on CPU).
@@ -268,6 +268,29 @@ def test_meta_step_reaches_every_ghn_parameter_and_learns():
   assert float(m['task_losses'][1]) < float(m0['task_losses'][1]) - 0.15
   assert float(m['task_loss']) < float(m0['task_loss'])
 
+
+
+def test_meta_noise_is_fresh_per_key_and_off_at_zero(small_params):
+  """MetaConfig.noise: the task loss is that of predicted + noise.add_noise(frac) drawn from
+  the step's key (deterministic per key, different across keys); noise 0 ignores the key,
+  and noise without a key is refused."""
+  target = models.get_config('gpt2-tiny', num_layers=1, embed_dim=32, mlp_dim=64, max_len=16)
+  batch = {'tokens': jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 17)), jnp.int32)}
+  graphs = meta.batch_for((target,))
+  loss = lambda noise, key: float(meta.meta_loss(small_params, graphs, batch, ghn_cfg=SMALL,
+                                                 targets=(target,), l2=0.0, noise=noise,
+                                                 rng=key)[1]['task_loss'])
+  clean = loss(0.0, None)
+  assert loss(0.0, jax.random.key(1)) == clean
+  a, b = loss(1.0, jax.random.key(1)), loss(1.0, jax.random.key(2))
+  assert a == loss(1.0, jax.random.key(1)) and a != b and a != clean
+  # The same draw as noise.add_noise on the decoded prediction (target 0 uses fold_in(key, 0)).
+  codes = jax.tree.map(lambda c: c[0], ghn_lib.node_codes(SMALL, small_params, graphs))
+  pred = ghn_lib.decode_params(SMALL, small_params, codes, target)
+  noisy = noise_lib.add_noise(pred, target, 1.0, jax.random.fold_in(jax.random.key(1), 0))
+  assert float(meta.task_loss(target, noisy, batch)[0]) == pytest.approx(a, rel=1e-5)
+  with pytest.raises(ValueError, match='needs an rng'):
+    loss(0.5, None)
 
 # --- saving --------------------------------------------------------------------------
 

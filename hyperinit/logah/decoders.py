@@ -21,7 +21,7 @@ widest dimension to avoid it (see docs/logah.md).
 
 Vectors (norm gains, biases, the class token) come from a small 1-D head that
 predicts r coefficients per vector kind, expanded through the same W_K:
-v = relu(a) @ W_K[:, :n] + b_K[:n]; no tiling up to K.
+v = a @ W_K[:, :n] (no b_K, no relu: see `LowRankDecoder.vector`); no tiling up to K.
 
 GHN-3 tiled decoder (baseline).  An MLP predicts one fixed chunk [c, c] per
 node, tiled (index mod c) to any [c_in, c_out]; its 1-D head predicts a
@@ -47,8 +47,8 @@ import numpy as np
 VECTOR_KINDS = ('gain', 'bias', 'vector')
 MATRIX_KINDS = ('matrix', 'embed')
 NORM_MODES = ('init', 'fan_in', 'std', 'none')
-# Tables with a learned gain in mode 'init' (index into GHN param 'embed_log_gain').
-EMBED_ROLES = ('embedding', 'position')
+# Bound of the predicted log-gain of a matrix's std (mode 'init'): gains in [e^-3, e^3].
+MAX_LOG_GAIN = 3.0
 
 
 class MLP(nn.Module):
@@ -139,9 +139,16 @@ class LowRankDecoder(nn.Module):
     return jnp.einsum('...ir,...or->...io', bt, a)
 
   def vector(self, codes: dict, kind: int, n: int) -> jax.Array:
-    """One node's codes -> v [..., n] for vector kind index `kind` (into VECTOR_KINDS)."""
-    a = nn.relu(codes['a'][..., kind, :])
-    return a @ cyclic_take(self.expand_kernel, n, axis=1) + cyclic_take(self.expand_bias, n, 0)
+    """One node's codes -> v [..., n] for vector kind index `kind` (into VECTOR_KINDS).
+
+    v = a @ W_K[:, :n]: a linear mix of W_K's rows, with neither b_K nor a relu.  b_K is
+    shared by every vector of every node: with it every bias and gain of a predicted
+    network carries the same offset (measured after meta-training: every bias leaf the same
+    vector, std 0.13, a constant that dominates a GPT's residual stream, so the predicted
+    LM ignores its input and sits at the unigram loss).  a starts near 0 (small last
+    layer): gains near 1 and biases near 0, as at random init.
+    """
+    return codes['a'][..., kind, :] @ cyclic_take(self.expand_kernel, n, axis=1)
 
   def __call__(self, e):
     c = self.codes(e)
@@ -178,6 +185,15 @@ class TiledDecoder(nn.Module):
 
 # --- normalisation ---------------------------------------------------------------------
 
+def bounded_gain(raw: jax.Array) -> jax.Array:
+  """exp(MAX_LOG_GAIN * tanh(raw / MAX_LOG_GAIN)): a node's predicted std multiplier.
+
+  ~exp(raw) near 0 (1 at a zero-init head) and bounded to [e^-3, e^3], so an
+  unseen (deeper, wider) target's nodes cannot extrapolate to an exploding scale.
+  """
+  return jnp.exp(MAX_LOG_GAIN * jnp.tanh(raw / MAX_LOG_GAIN))
+
+
 def factor_moments(bt: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean, variance) over the last two dims of W = Bt @ A^T, without forming W.
 
@@ -204,10 +220,11 @@ def matrix_scale(kind: str, mode: str, *, fan_in: int, std: float, beta: float,
   """The factor a raw predicted matrix [..., c_in, c_out] is multiplied by ([...] or scalar).
 
   Modes:
-    'init'   rescale to `std`, the std of the leaf's own random init (GPT-2:
-             0.02, residual output projections 0.02 / sqrt(2L)); embedding and
-             position tables to std * `gain` (a learned GHN parameter, 1 at init).
-             The raw decoder scale cancels.  The default, for ViTs and LMs.
+    'init'   rescale to std * `gain`: `std` is the leaf's own random init's (GPT-2:
+             0.02, residual output projections 0.02 / sqrt(2L)), `gain` the GHN's
+             per-node prediction (`bounded_gain`; 1 at GHN init), so the GHN can
+             grow a readout or a table as training would.  The raw decoder scale
+             cancels.  The default, for ViTs and LMs.
     'std'    the reference's GPT rule: every matrix and table rescaled to `std`.
     'fan_in' the reference's vision rule: kernels * sqrt(beta / fan_in), tables
              left raw (GHN-3 does not normalise positional encodings).
@@ -222,7 +239,7 @@ def matrix_scale(kind: str, mode: str, *, fan_in: int, std: float, beta: float,
   if mode not in ('init', 'std'):
     raise ValueError(f'normalisation mode {mode!r} is not one of {NORM_MODES}')
   _, var = moments()
-  target = std * gain if (mode == 'init' and kind == 'embed') else std
+  target = std * gain if mode == 'init' else std
   return target / (jnp.sqrt(var) + 1e-8)
 
 
@@ -239,7 +256,7 @@ def normalize(w: jax.Array, kind: str, mode: str, fan_in: int, std: float,
     fan_in: c_in, used by mode 'fan_in'.
     std: the leaf's target std (its own init std in mode 'init').
     beta: gain of the fan-in scaling (GHN-3: 2 for linear layers).
-    gain: learned multiplier of embedding tables' std in mode 'init'.
+    gain: the predicted multiplier of the std in mode 'init' (`bounded_gain`).
   """
   if mode not in NORM_MODES:
     raise ValueError(f'normalisation mode {mode!r} is not one of {NORM_MODES}')

@@ -89,19 +89,21 @@ class GHN(nn.Module):
       self.decoder = decoders.LowRankDecoder(c.hidden, c.rank, c.max_dim)
     else:
       self.decoder = decoders.TiledDecoder(c.hidden, c.chunk)
-    # log of the learned std multiplier of embedding / position tables (mode 'init'),
-    # one per decoders.EMBED_ROLES; 0: the tables start at their own init std.
-    self.embed_log_gain = self.param('embed_log_gain', nn.initializers.zeros,
-                                     (len(decoders.EMBED_ROLES),))
+    # Mode 'init': each predicted matrix's std is its leaf's init std times a gain predicted
+    # from its node (decoders.bounded_gain of this head's output). Zero-init: every matrix
+    # starts at its own init std. Without it the std is pinned, which caps e.g. an untied
+    # readout's logits near init scale (a GPT GHN then plateaus at unigram loss).
+    self.log_gain = nn.Dense(1, kernel_init=nn.initializers.zeros, name='log_gain')
 
   def encode(self, graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
     """Padded batch -> node embeddings [G, M, hidden], mask [G, M]."""
     return self.encoder(graphs)
 
   def codes(self, graphs: jraph.GraphsTuple) -> dict[str, jax.Array]:
-    """Padded batch -> per-node decoder codes, each [G, M, ...] (graph i is row i)."""
+    """Padded batch -> per-node decoder codes, each [G, M, ...] (graph i is row i);
+    'log_gain' [G, M] is the raw per-node gain (see `decoders.bounded_gain`)."""
     x, _ = self.encode(graphs)
-    return self.decoder.codes(x)
+    return {**self.decoder.codes(x), 'log_gain': self.log_gain(x)[..., 0]}
 
   def matrix(self, codes: dict, c_in: int, c_out: int) -> jax.Array:
     return self.decoder.matrix(codes, c_in, c_out)
@@ -115,7 +117,7 @@ class GHN(nn.Module):
 
   def __call__(self, graphs: jraph.GraphsTuple):
     x, _ = self.encode(graphs)
-    return self.decoder(x[0, 0]), self.embed_log_gain
+    return self.decoder(x[0, 0]), self.log_gain(x[0, 0])
 
 
 def _dummy_batch() -> jraph.GraphsTuple:
@@ -165,7 +167,6 @@ class LeafDecode:
   std: float                  # target std (mode 'init': the leaf's own init std)
   beta: float
   dtype: str
-  gain_index: int = -1        # 'embed' leaves: index into decoders.EMBED_ROLES
 
   @property
   def c_in(self) -> int:
@@ -229,12 +230,9 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
         raise ValueError(f'leaf {path!r} of {type(target).__name__} has no node in its graph')
       nodes = (owner[(path, None)],)
     kind = leaf_kind(path, s)
-    gain = decoders.EMBED_ROLES.index('position' if s.role == 'position' else 'embedding') \
-        if kind == 'embed' else -1
     std = _target_std(ghn_cfg, target, mode, path, s, shape)
     plans.append(LeafPlan(path, nodes, scanned,
-                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype,
-                                     gain)))
+                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype)))
   return tuple(plans)
 
 
@@ -242,7 +240,7 @@ def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax
   """One node's codes (or L nodes' codes, leading dim L) -> the normalised leaf [(L,) *d.shape]."""
   ghn = GHN(cfg)
   if d.kind in decoders.MATRIX_KINDS:
-    gain = jnp.exp(params['embed_log_gain'][d.gain_index]) if d.gain_index >= 0 else 1.0
+    gain = decoders.bounded_gain(codes['log_gain'])
     scale = functools.partial(decoders.matrix_scale, d.kind, d.mode, fan_in=d.c_in, std=d.std,
                               beta=d.beta, gain=gain)
     if cfg.decoder == 'logah':

@@ -29,7 +29,7 @@ import jraph
 import optax
 
 from hyperinit import models
-from hyperinit.logah import batching, ghn as ghn_lib
+from hyperinit.logah import batching, ghn as ghn_lib, noise as noise_lib
 from hyperinit.logah.graph import build_graph
 from hyperinit.models.config import ModelConfig, ViTConfig
 from hyperinit.mup import optim as mup_optim
@@ -48,6 +48,9 @@ class MetaConfig:
   ema_warmup: bool = False      # decay min(ema, (1 + t) / (10 + t)) at update t (TF-style), so
                                 # short runs are not dominated by the initial params
   l2: float = 3e-5              # weight of the sum of per-leaf Frobenius norms of predicted params
+  noise: float = 0.0            # Gaussian noise on every predicted weight leaf, as a fraction of
+                                # its init std (noise.add_noise), fresh each step: the GHN learns
+                                # for the noisy start it is fine-tuned from
 
 
 def make_schedule(mc: MetaConfig) -> optax.Schedule:
@@ -103,16 +106,23 @@ def param_penalty(tree: Any) -> jax.Array:
 
 
 def meta_loss(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
-              ghn_cfg: ghn_lib.GHNConfig, targets: tuple[ModelConfig, ...], l2: float):
+              ghn_cfg: ghn_lib.GHNConfig, targets: tuple[ModelConfig, ...], l2: float,
+              noise: float = 0.0, rng: jax.Array | None = None):
   """Mean over targets of task loss + l2 * param_penalty(predicted); returns (loss, metrics).
 
+  With noise > 0 the task loss is that of predicted + `noise_lib.add_noise(noise)` (target i
+  draws from fold_in(rng, i)); the L2 penalty is on the noiseless prediction.
   metrics: 'task_losses' / 'accuracies' [T] per target, their means 'task_loss' / 'accuracy'.
   """
+  if noise and rng is None:
+    raise ValueError(f'meta_loss with noise={noise} needs an rng key')
   codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
   totals, tasks, accs = [], [], []
   for i, target in enumerate(targets):
     predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
-    loss, acc = task_loss(target, predicted, batch)
+    run = noise_lib.add_noise(predicted, target, noise, jax.random.fold_in(rng, i)) if noise \
+        else predicted
+    loss, acc = task_loss(target, run, batch)
     totals.append(loss + l2 * param_penalty(predicted) if l2 else loss)
     tasks.append(loss)
     accs.append(acc)
@@ -122,16 +132,20 @@ def meta_loss(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Arra
 
 
 @functools.partial(jax.jit, static_argnames=('ghn_cfg', 'meta_cfg', 'targets'), donate_argnums=0)
-def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
-              ghn_cfg: ghn_lib.GHNConfig, meta_cfg: MetaConfig,
+def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str, jax.Array],
+              rng: jax.Array | None = None, *, ghn_cfg: ghn_lib.GHNConfig, meta_cfg: MetaConfig,
               targets: tuple[ModelConfig, ...]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-  """One meta-training step on a target group; returns (new state, metrics)."""
+  """One meta-training step on a target group; returns (new state, metrics).
+
+  rng: this step's key for `meta_cfg.noise` (required when it is > 0).
+  """
   if len(targets) > graphs.n_node.shape[0] - 1:
     raise ValueError(f'{len(targets)} targets but the graph batch holds '
                      f'{graphs.n_node.shape[0] - 1} graphs')
   grad_fn = jax.value_and_grad(meta_loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state['params'], graphs, batch, ghn_cfg=ghn_cfg,
-                                   targets=targets, l2=meta_cfg.l2)
+                                   targets=targets, l2=meta_cfg.l2, noise=meta_cfg.noise,
+                                   rng=rng)
   tx = _optimizer(meta_cfg)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)

@@ -121,7 +121,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   done = {(r['task'], r['target'], r['init'], r['lr'], r['seed']) for r in runs}
   meta_records, spectra, best, names = {}, {}, {}, {}
 
+  selected = [t.strip() for t in str(config.get('tasks') or ','.join(config.pools)).split(',')
+              if t.strip()]
+  unknown = sorted(set(selected) - set(config.pools))
+  if unknown:
+    raise ValueError(f'config.tasks names {unknown}, not among the pools {sorted(config.pools)}')
   for task, pool_cfg in config.pools.items():
+    if task not in selected:
+      continue
     ghns, meta_records[task] = train_ghns(config, task, pool_cfg, workdir, timing, save_timing)
     targets = tasks.targets(pool_cfg)
     names[task], spectra[task], best[task] = list(targets), {}, {}

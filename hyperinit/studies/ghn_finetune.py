@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from hyperinit import models, spec as spec_lib, train
+from hyperinit import models, train
 from hyperinit.logah import ghn as ghn_lib
-from hyperinit.logah.graph import slice_spec
+from hyperinit.logah.noise import add_noise
 from hyperinit.models.config import ModelConfig
 from hyperinit.train import tasks as train_tasks
 
@@ -115,26 +115,6 @@ def predict_inits(target: ModelConfig,
                   ghns: dict[str, tuple[ghn_lib.GHNConfig, dict]]) -> dict[str, Any]:
   """{name: GHN-predicted params of `target`} (deterministic: one prediction per GHN)."""
   return {name: ghn_lib.predict(cfg, params, target) for name, (cfg, params) in ghns.items()}
-
-
-def add_noise(params: Any, target: ModelConfig, frac: float, rng: jax.Array) -> Any:
-  """params + N(0, (frac * init std)^2) on every weight leaf (kernels, tables, class token);
-  gains and biases are left as they are.  The std is the leaf's own (`models.init_std`)."""
-  if frac == 0:
-    return params
-  specs = spec_lib.flatten(models.param_specs(target), is_leaf=spec_lib.is_spec)
-  flat = spec_lib.flatten(params)
-  out = {}
-  for i, (path, x) in enumerate(sorted(flat.items())):
-    s = specs[path]
-    if not (s.fan_in or s.role == 'cls_token'):
-      out[path] = x
-      continue
-    per_layer = x.shape[1:] if s.axes and s.axes[0] == 'layers' else x.shape
-    s1 = slice_spec(s) if s.axes and s.axes[0] == 'layers' else s
-    std = frac * models.init_std(target, path, s1, per_layer)
-    out[path] = x + std * jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-  return spec_lib.unflatten(out)
 
 
 def start_params(target: ModelConfig, seed: int, predicted: Any = None,

@@ -196,6 +196,7 @@ def train_ghn(config: Any, workdir: str, *,
     logging.info('resumed from %s at step %d', ckpt.directory, start)
   start = int(state['step'])
   graphs = {}  # group index -> padded graph batch (numpy)
+  noise_key = jax.random.fold_in(jax.random.key(seed), 1)
   fast = bool(config.get('fast_compile', False))
 
   def step_fn(state, step):
@@ -203,7 +204,8 @@ def train_ghn(config: Any, workdir: str, *,
     if gi not in graphs:
       graphs[gi] = meta.batch_for(groups[gi])
     batch = tasks.meta_batch(next(data_iter))
-    state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch),
+    step_key = jax.random.fold_in(noise_key, step)   # meta_cfg.noise's draw: a function of the step
+    state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch, step_key),
                            dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
     m = {k: v for k, v in m.items() if k not in ('task_losses', 'accuracies')}
     if on_step is not None:
