@@ -126,10 +126,10 @@ def _base(kind: str) -> ml_collections.ConfigDict:
   """CPU scale (the *_local variants): sized so that one GHN meta-trains in ~10 min on 2 cores."""
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0                  # GHN init, data order, group order
-  # Meta-training steps (16 groups: each seen 200 times).  A GPT GHN sits at the unigram loss
+  # Meta-training steps (16 groups: each seen 125 times).  A GPT GHN sits at the unigram loss
   # for its first ~400-500 steps even on one architecture (measured; docs/logah.md), so the
   # 800 steps used before stopped on that plateau.
-  cfg.num_steps = 3000
+  cfg.num_steps = 2000
   cfg.log_every = 25            # progress line (with ETA) + train metrics
   cfg.eval_every = 1000         # eval of the EMA GHN (also at step 0 and at the end; <= 0: end only)
   cfg.eval_pool_groups = 4      # pool groups evaluated (each is one more compile); 0: all

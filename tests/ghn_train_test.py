@@ -155,6 +155,19 @@ def test_speedup_and_best_lr_closed_form():
                                 'seed': seed, 'loss': [9.0, final]}
   runs = [mk(1e-3, 0, 3.0), mk(1e-3, 1, 3.4), mk(3e-4, 0, 3.1), mk(3e-4, 1, 3.2)]
   assert experiment.best_lr(runs, 't', 'x', [1e-3, 3e-4]) == 3e-4    # means 3.2 vs 3.15
+  # Seed by seed against random init at its best LR (same seed): wins and differences.
+  row = lambda init, seed, loss, acc, lr=3e-4: {
+      'task': 't', 'target': 'x', 'init': init, 'lr': lr, 'lr_mult': 1.0, 'seed': seed,
+      'steps': [0, 25], 'loss': loss, 'accuracy': acc}
+  summary = {'best_random_lr': {'t': {'x': 3e-4}}, 'table_steps': [0, 25], 'runs': [
+      row('random', 0, [2.3, 2.0], [0.1, 0.3]), row('random', 1, [2.3, 1.8], [0.1, 0.4]),
+      row('random', 0, [2.3, 1.0], [0.1, 0.9], lr=1e-3),        # not the best LR: ignored
+      row('logah', 0, [2.0, 1.9], [0.2, 0.3]), row('logah', 1, [2.1, 1.9], [0.2, 0.35])]}
+  per = ghn_report.seedwise(summary, 't', 'x')['logah lr 0.0003']
+  assert per[0]['wins'] == 2 and per[25]['wins'] == 1 and per[25]['seeds'] == 2
+  assert per[25]['diffs'] == pytest.approx({0: -0.1, 1: 0.1})
+  acc = ghn_report.seedwise(summary, 't', 'x', 'accuracy')['logah lr 0.0003']
+  assert (acc[0]['wins'], acc[25]['wins']) == (2, 1)       # 0.3 >= 0.3 counts; 0.35 < 0.4
 
 
 def test_noise_is_a_fraction_of_each_leaf_init_std():

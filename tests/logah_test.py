@@ -110,6 +110,28 @@ def test_size_bins_cover_wide_models():
   assert size_bin(5120) != size_bin(6400)
 
 
+def test_sizes_and_distances_are_embedded_smoothly():
+  """SmoothEmbed: fixed sinusoids of the code (periods 8 * 2^i) through a learned linear map,
+  so a code no pool member has (a wider target's size bin, a deeper target's distance) is
+  embedded next to its neighbours instead of at an untrained random table row."""
+  from hyperinit.logah.encoder import SmoothEmbed  # pylint: disable=g-import-not-at-top
+  emb = SmoothEmbed(32)
+  codes = jnp.arange(80)
+  params = emb.init(jax.random.key(0), codes)
+  assert jax.tree.map(jnp.shape, params) == {'params': {'proj': {'kernel': (16, 32)}}}
+  e = np.asarray(emb.apply(params, codes))
+  # Closed form of one row: [sin(2 pi c / p), cos(2 pi c / p)] @ kernel.
+  p = 8.0 * 2.0 ** np.arange(8)
+  f = np.concatenate([np.sin(2 * np.pi * 37 / p), np.cos(2 * np.pi * 37 / p)])
+  np.testing.assert_allclose(e[37], f @ np.asarray(params['params']['proj']['kernel']),
+                             rtol=1e-4, atol=1e-6)
+  step = np.linalg.norm(np.diff(e, axis=0), axis=1)
+  far = np.linalg.norm(e[:, None] - e[None], axis=-1)
+  assert step.max() < 0.5 * np.median(far)      # neighbours close, the range spread out
+  # Coordinates start at the tables' scale (std features^-0.5).
+  assert np.std(e) == pytest.approx(32 ** -0.5, rel=0.3)
+
+
 # --- every preset: leaf mapping and predicted tree, without allocating -------------
 
 GHN_SHAPES = {}

@@ -181,7 +181,8 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
   target, init, lr, lr_mult, noise, seed, steps, loss, [accuracy], start_spectrum}],
   'best_random_lr' {task: {target: lr}}, 'spectra' {task: {target: {init: {top1_share,
   effective_rank, num_leaves, min_dim}}}} (of the predictions, before noise; 'random': seed 0),
-  'speedup' {task: {target: {arm: {seed: {ghn_loss, random_steps}}}}}, 'meta_training'
+  'speedup' {task: {target: {arm: {seed: {ghn_loss, random_steps}}}}}, 'seedwise' {task:
+  {target: {metric: {arm: {step: {wins, seeds, diffs}}}}}} (`ghn_report.seedwise`), 'meta_training'
   {task: {decoder: {steps, wall_s, first_eval, last_eval, curve}}}, 'timing', 'recipe'}."""
   first = next(iter(config.pools.values())).finetune
   summary = {
@@ -197,6 +198,15 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
   summary['speedup'] = {t: {n: {a: {str(s): v for s, v in per.items()} for a, per in
                                 ghn_report.speedup(summary, t, n, summary['speedup_step']).items()} for n in ns}
                         for t, ns in names.items()}
+  # Seed by seed against random init at its best LR: {task: {target: {metric: {arm: {step:
+  # {wins, seeds, diffs {seed: arm - random}}}}}}} (accuracy only for classification).
+  summary['seedwise'] = {
+      t: {n: {m: {a: {str(st): dict(v, diffs={str(k): d for k, d in v['diffs'].items()})
+                       for st, v in per.items()}
+                  for a, per in ghn_report.seedwise(summary, t, n, m).items()}
+              for m in (('loss', 'accuracy') if any('accuracy' in r for r in runs
+                                                    if r['task'] == t) else ('loss',))}
+          for n in ns} for t, ns in names.items()}
   return summary
 
 

@@ -92,6 +92,32 @@ def speedup(summary: dict[str, Any], task: str, target: str, ghn_step: int = 100
   return out
 
 
+def seedwise(summary: dict[str, Any], task: str, target: str,
+             metric: str = 'loss') -> dict[str, dict[int, dict[str, Any]]]:
+  """{GHN arm: {step: {'wins', 'seeds', 'diffs'}}}: seed by seed, the arm against random init
+  at its best LR with the same seed (same batches).  diffs = arm - random per seed; a win is a
+  lower loss (metric 'loss') or a higher-or-equal accuracy (metric 'accuracy')."""
+  best = summary['best_random_lr'][task][target]
+  rand = {r['seed']: r for r in summary['runs'] if (r['task'], r['target'], r['init']) ==
+          (task, target, 'random') and r['lr'] == best}
+  out: dict[str, dict[int, dict[str, Any]]] = {}
+  for name, runs in arms(summary, task, target).items():
+    if runs[0]['init'] == 'random':
+      continue
+    per: dict[int, dict[str, Any]] = {}
+    for step in (int(c) for c in summary['table_steps']):
+      diffs = {}
+      for r in runs:
+        a = value_at(r, metric, step)
+        b = value_at(rand[r['seed']], metric, step) if r['seed'] in rand else None
+        if a is not None and b is not None:
+          diffs[int(r['seed'])] = a - b
+      wins = sum(d < 0 if metric == 'loss' else d >= 0 for d in diffs.values())
+      per[step] = {'wins': int(wins), 'seeds': len(diffs), 'diffs': diffs}
+    out[name] = per
+  return out
+
+
 def _cell(st: tuple[float, float, int] | None, acc: tuple[float, float, int] | None) -> str:
   if st is None:
     return '—'
@@ -115,6 +141,17 @@ def table(summary: dict[str, Any]) -> str:
       for name, runs in arms(summary, task, target).items():
         cells = [_cell(stats(runs, 'loss', c), stats(runs, 'accuracy', c)) for c in cols]
         lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+      lines.append('')
+      for metric in ('loss', 'accuracy'):
+        per_arm = seedwise(summary, task, target, metric)
+        if metric == 'accuracy' and not any(
+            'accuracy' in r for rs in arms(summary, task, target).values() for r in rs):
+          continue
+        what = 'lower eval loss' if metric == 'loss' else 'eval accuracy ≥'
+        for name, per in per_arm.items():
+          cells = ', '.join(f"step {c}: {v['wins']}/{v['seeds']}" for c, v in per.items())
+          lines.append(f'Seeds on which {name} has {what} than random init (lr {best:g}, same '
+                       f'seed): {cells}.')
       lines.append('')
       at = int(summary.get('speedup_step', 100))
       for name, per in speedup(summary, task, target, at).items():
