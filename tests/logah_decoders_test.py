@@ -289,7 +289,7 @@ def test_predicted_params_run_in_the_model(small_params, name):
 
 
 def test_default_ghn_parameter_count():
-  # README / docs/logah.md: the default LoGAH (hidden 64, 3 layers, r 32, K 32768) has 2.48M (<= 2.5M)
+  # README / docs/logah.md: the default LoGAH (hidden 64, 3 layers, r 32, K 32768) has 2.47M (<= 2.5M)
   # parameters, and covers GPT-2 Large; counted from shapes (nothing allocated).
   cfg = ghn_lib.GHNConfig()
   shapes = jax.eval_shape(lambda: ghn_lib.init(cfg, jax.random.key(0)))
