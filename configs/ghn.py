@@ -127,7 +127,7 @@ def _base(kind: str) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0                  # GHN init, data order, group order
   # Meta-training steps (16 groups: each seen 125 times).  A GPT GHN sits at the unigram loss
-  # for its first ~400-500 steps even on one architecture (measured; docs/logah.md), so the
+  # for its first ~300-400 steps even on two fixed architectures (measured; docs/logah.md), so the
   # 800 steps used before stopped on that plateau.
   cfg.num_steps = 2000
   cfg.log_every = 25            # progress line (with ETA) + train metrics

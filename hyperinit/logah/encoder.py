@@ -4,11 +4,11 @@ Node embedding = op-type embedding + embeddings of the binned shapes (c_out,
 c_in, k) + argument-slot embedding + in/out-degree embeddings + an embedding
 of the distance from the input node.  Shape bins and distances are embedded
 smoothly (`SmoothEmbed`: sinusoids of the code through a learned linear map),
-so a held-out target's unseen sizes and depths land next to trained ones.  Every layer is a pre-LN Transformer layer over
-all node pairs of a graph whose attention logits get a per-head bias looked up
-from the shortest-path distances in both directions; the bias table is
-computed once (as in GHN-3, where only the first layer embeds edges) and
-shared by all layers.
+so a held-out target's unseen sizes and depths land next to trained ones.
+Every layer is a pre-LN Transformer layer over all node pairs of a graph
+whose attention logits get a per-head bias looked up from the shortest-path
+distances in both directions; the bias table is computed once (as in GHN-3,
+where only the first layer embeds edges) and shared by all layers.
 """
 
 from __future__ import annotations

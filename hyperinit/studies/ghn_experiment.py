@@ -204,8 +204,8 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
       t: {n: {m: {a: {str(st): dict(v, diffs={str(k): d for k, d in v['diffs'].items()})
                        for st, v in per.items()}
                   for a, per in ghn_report.seedwise(summary, t, n, m).items()}
-              for m in (('loss', 'accuracy') if any('accuracy' in r for r in runs
-                                                    if r['task'] == t) else ('loss',))}
+              for m in (('loss', 'accuracy') if ghn_report.has_accuracy(
+                  r for r in runs if r['task'] == t) else ('loss',))}
           for n in ns} for t, ns in names.items()}
   return summary
 

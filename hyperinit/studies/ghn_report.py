@@ -71,13 +71,23 @@ def steps_to_reach(run: dict[str, Any], level: float) -> float | None:
   return None
 
 
+def random_by_seed(summary: dict[str, Any], task: str, target: str) -> dict[int, dict[str, Any]]:
+  """{seed: run} of random init at its best LR: what GHN arms are compared with."""
+  best = summary['best_random_lr'][task][target]
+  return {r['seed']: r for r in summary['runs'] if (r['task'], r['target'], r['init']) ==
+          (task, target, 'random') and r['lr'] == best}
+
+
+def has_accuracy(runs) -> bool:
+  """Whether any of `runs` (an iterable of run rows) logged an eval accuracy (ViTs)."""
+  return any('accuracy' in r for r in runs)
+
+
 def speedup(summary: dict[str, Any], task: str, target: str, ghn_step: int = 100,
             init: str = 'logah') -> dict[str, dict[int, dict[str, float | None]]]:
   """{GHN arm: {seed: {'ghn_loss', 'random_steps'}}}: steps random init at its best LR needs
   to reach each `init` arm's eval loss at `ghn_step`, per seed."""
-  best = summary['best_random_lr'][task][target]
-  rand = {r['seed']: r for r in summary['runs'] if (r['task'], r['target'], r['init']) ==
-          (task, target, 'random') and r['lr'] == best}
+  rand = random_by_seed(summary, task, target)
   out: dict[str, dict[int, dict[str, float | None]]] = {}
   for name, runs in arms(summary, task, target).items():
     if runs[0]['init'] != init:
@@ -97,9 +107,7 @@ def seedwise(summary: dict[str, Any], task: str, target: str,
   """{GHN arm: {step: {'wins', 'seeds', 'diffs'}}}: seed by seed, the arm against random init
   at its best LR with the same seed (same batches).  diffs = arm - random per seed; a win is a
   lower loss (metric 'loss') or a higher-or-equal accuracy (metric 'accuracy')."""
-  best = summary['best_random_lr'][task][target]
-  rand = {r['seed']: r for r in summary['runs'] if (r['task'], r['target'], r['init']) ==
-          (task, target, 'random') and r['lr'] == best}
+  rand = random_by_seed(summary, task, target)
   out: dict[str, dict[int, dict[str, Any]]] = {}
   for name, runs in arms(summary, task, target).items():
     if runs[0]['init'] == 'random':
@@ -142,11 +150,10 @@ def table(summary: dict[str, Any]) -> str:
         cells = [_cell(stats(runs, 'loss', c), stats(runs, 'accuracy', c)) for c in cols]
         lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
       lines.append('')
-      for metric in ('loss', 'accuracy'):
+      groups = arms(summary, task, target)
+      for metric in ['loss'] + (['accuracy'] if has_accuracy(r for rs in groups.values()
+                                                              for r in rs) else []):
         per_arm = seedwise(summary, task, target, metric)
-        if metric == 'accuracy' and not any(
-            'accuracy' in r for rs in arms(summary, task, target).values() for r in rs):
-          continue
         what = 'lower eval loss' if metric == 'loss' else 'eval accuracy ≥'
         for name, per in per_arm.items():
           cells = ', '.join(f"step {c}: {v['wins']}/{v['seeds']}" for c, v in per.items())
@@ -196,8 +203,8 @@ def plot(summary: dict[str, Any], outdir: str, prefix: str = 'logah_experiment')
   for task, targets in summary['targets'].items():
     for target in targets:
       groups = arms(summary, task, target)
-      metrics = ['loss'] + (['accuracy'] if any('accuracy' in r for rs in groups.values()
-                                                for r in rs) else [])
+      metrics = ['loss'] + (['accuracy'] if has_accuracy(r for rs in groups.values()
+                                                         for r in rs) else [])
       fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.5 * (len(metrics) + 1), 4))
       for name, runs in groups.items():
         init, mult = runs[0]['init'], runs[0].get('lr_mult', 1.0)
