@@ -12,7 +12,8 @@ Variants:
   vit, gpt               paper-like: ViTs-1K / GPTs-1K pools and the reference GHN sizes, for
                          accelerators (data: the embedded sets unless --config.data.dataset=...).
   experiment             both CPU pools x {logah, ghn3} (one GHN each), then fine-tuning of every
-                         held-out target from random init (2 LRs) and each GHN (2 LRs) x 3 seeds.
+                         held-out target from random init (2 LRs) and each GHN (2 LRs) x 3 seeds,
+                         plus LoGAH's prediction outside the blocks only ('logah-io').
   experiment_smoke       the same code path at smoke size, 2 seeds (CI, tests/ghn_train_test.py).
 """
 
@@ -144,6 +145,10 @@ def _base(kind: str) -> ml_collections.ConfigDict:
   if kind == 'vit':
     cfg.pool = _pool('vit-cpu', scan_layers=True)
     cfg.data = _data('digits')
+    # Every matrix at the init std, no per-node gain: with mode 'init' both ViT GHNs shrank every
+    # gain (to 0.21) and sat at the uniform predictor (pool loss 2.30 from step ~100 to 2000);
+    # with 'std' the LoGAH GHN's pool loss was 2.15 (accuracy 20%) at step 600 (2026-12-07).
+    cfg.ghn.normalize = 'std'
     cfg.finetune = _finetune(cfg, 'classification', 'L6-D128-H4-P2', batch=64)
   else:
     cfg.pool = _pool('gpt-cpu', scan_layers=True)
@@ -234,6 +239,10 @@ def _experiment(pools: dict[str, str], seeds: tuple[int, ...]) -> ml_collections
   # GHN-3's tiled chunks repeat channel blocks that deterministic training never separates, so
   # its baseline gets noise; LoGAH's rank-r predictions have no repeated blocks.
   cfg.noise = ml_collections.ConfigDict({'logah': 0.0, 'ghn3': 0.1})
+  # Also fine-tune these decoders' predictions with scope 'io' (init '<decoder>-io'): the
+  # predicted embeddings, position table, final norm and readout, the blocks at the same seed's
+  # random init (hyperinit.logah.scope; why: docs/logah.md, "Where the benefit lives").
+  cfg.io_decoders = ('logah',)
   cfg.speedup_step = 100                 # steps random init needs to reach LoGAH's loss at this step
   cfg.plots = True                       # write PNG plots (matplotlib Agg)
   return cfg

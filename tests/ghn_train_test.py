@@ -97,25 +97,28 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
     best = summary['best_random_lr'][task][target]
     assert best in (1e-3, 3e-4)
     # Random init at both LRs; each GHN at the best LR and a quarter of it; every seed; the
-    # GHN-3 start with noise 0.1 of the init std, LoGAH's without.
+    # GHN-3 start with noise 0.1 of the init std, LoGAH's without; LoGAH's ends ('logah-io').
     want = {('random', lr, 0.0) for lr in (1e-3, 3e-4)} | {
-        (d, best * m, n) for d, n in (('logah', 0.0), ('ghn3', 0.1)) for m in (1.0, 0.25)}
+        (d, best * m, n) for d, n in (('logah', 0.0), ('ghn3', 0.1), ('logah-io', 0.0))
+        for m in (1.0, 0.25)}
     for init, lr, noise in want:
       for seed in (0, 1):
         got = [r for r in runs if (r['task'], r['target'], r['init'], r['seed']) ==
                (task, target, init, seed) and r['lr'] == pytest.approx(lr)]
         assert len(got) == 1, (task, init, lr, seed)
         assert got[0]['steps'] == [0, 5, 12] and got[0]['noise'] == noise
+        assert got[0].get('scope', 'all') == ('io' if init.endswith('-io') else 'all')
         assert len(got[0]['loss']) == 3 and (task == 'gpt') != ('accuracy' in got[0])
-    assert len([r for r in runs if r['task'] == task]) == 6 * 2
-    # Spectra of each prediction; the speed-up entry of each LoGAH arm and seed.
+    assert len([r for r in runs if r['task'] == task]) == 8 * 2
+    # Spectra of each prediction; the speed-up entry of each LoGAH arm (full and io) and seed.
     assert set(summary['spectra'][task][target]) == {'random', 'logah', 'ghn3'}
+    assert len(summary['speedup'][task][target]) == 4
     assert all(len(v) == 2 for v in summary['speedup'][task][target].values())
     # Every arm has a number in every column of the table.
     table = open(os.path.join(workdir, 'results.md')).read()
     section = table.split(f'**{task}**')[1].split('**')[0]
     rows = [l for l in section.splitlines() if l.startswith('| ') and ' lr ' in l]
-    assert len(rows) == 6, section
+    assert len(rows) == 8, section
     for line in rows:
       assert line.count('±') == 3 and '—' not in line, line
     png = os.path.join(workdir, f'logah_experiment_{task}_{target}.png')

@@ -12,6 +12,9 @@ and eval batches:
   - from each GHN's prediction (+ `config.noise[decoder]` x each leaf's init std
     of Gaussian noise) at random init's best LR (lowest mean eval loss at the
     last step) times each multiplier of `config.ghn_lr_mults`.
+  - for each decoder of `config.io_decoders`, also as init '<decoder>-io': its
+    prediction outside the blocks, the blocks at the random init of the same seed
+    (`logah.scope`, scope 'io'), with the same LRs and noise.
 Finished GHNs and fine-tuning runs are found on disk and skipped.
 
 Writes (atomically) to the workdir: `runs.jsonl` (one row per fine-tuning run:
@@ -99,6 +102,17 @@ def train_ghns(config: Any, task: str, pool_cfg: Any, workdir: str, timing: dict
   return ghns, records
 
 
+def ghn_arms(config: Any) -> list[tuple[str, str, str]]:
+  """[(init name, decoder, scope)]: every decoder's full prediction ('logah', 'all'), then
+  '<decoder>-io' (scope 'io') for each of `config.io_decoders` (which must be decoders)."""
+  io = tuple(config.get('io_decoders', ()) or ())
+  unknown = sorted(set(io) - set(config.decoders))
+  if unknown:
+    raise ValueError(f'config.io_decoders names {unknown}, not among config.decoders '
+                     f'{list(config.decoders)}')
+  return ([(d, d, 'all') for d in config.decoders] + [(f'{d}-io', d, 'io') for d in io])
+
+
 def best_lr(runs: list[dict[str, Any]], task: str, target: str, lrs: list[float]) -> float:
   """The random-init LR with the lowest mean (over seeds) eval loss at the last logged step."""
   def final(lr):
@@ -140,18 +154,19 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       spectra[task][tname].update({d: _spectrum(p, target, min_dim) for d, p in predicted.items()})
       finetuners: dict[float, ghn_finetune.Finetuner] = {}
 
-      def finetune(init, lr, mult, noise, seed):
+      def finetune(init, lr, mult, noise, seed, scope='all'):
         key = (task, tname, init, lr, seed)
         if key in done:
           return
         ft = finetuners.get(lr) or finetuners.setdefault(
             lr, ghn_finetune.Finetuner(pool_cfg.finetune, target, lr=lr))
-        start = ghn_finetune.start_params(target, seed, predicted.get(init), noise)
+        start = ghn_finetune.start_params(target, seed, predicted.get(init.split('-')[0]), noise,
+                                          scope)
         t0 = time.perf_counter()
         curve = ft.run(start, seed)
         timing[f'finetune/{task}/{tname}/{init}_lr{lr:g}_s{seed}'] = time.perf_counter() - t0
         row = {'task': task, 'target': tname, 'init': init, 'lr': lr, 'lr_mult': mult,
-               'noise': noise, 'seed': seed, **_curve(curve),
+               'noise': noise, 'scope': scope, 'seed': seed, **_curve(curve),
                'start_spectrum': _spectrum(start, target, min_dim)}
         runs.append(row)
         done.add(key)
@@ -162,11 +177,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for seed in seeds:
           finetune('random', lr, 1.0, 0.0, seed)
       best[task][tname] = best_lr(runs, task, tname, lrs)
-      for decoder in config.decoders:
+      for init, decoder, scope in ghn_arms(config):
         noise = float(config.noise.get(decoder, 0.0))
         for mult in (float(m) for m in config.ghn_lr_mults):
           for seed in seeds:
-            finetune(decoder, best[task][tname] * mult, mult, noise, seed)
+            finetune(init, best[task][tname] * mult, mult, noise, seed, scope)
       finetuners.clear()
       train.release_programs()     # the next target compiles its own
 
@@ -194,7 +209,8 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
       'recipe': {'random_lrs': [float(x) for x in config.random_lrs],
                  'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
                  'noise': {k: float(v) for k, v in config.noise.items()},
-                 'decoders': list(config.decoders)}}
+                 'decoders': list(config.decoders),
+                 'io_decoders': list(config.get('io_decoders', ()) or ())}}
   summary['speedup'] = {t: {n: {a: {str(s): v for s, v in per.items()} for a, per in
                                 ghn_report.speedup(summary, t, n, summary['speedup_step']).items()} for n in ns}
                         for t, ns in names.items()}

@@ -30,6 +30,7 @@ from absl import logging
 
 from hyperinit import models, train
 from hyperinit.logah import ghn as ghn_lib
+from hyperinit.logah import scope as scope_lib
 from hyperinit.logah.noise import add_noise
 from hyperinit.models.config import ModelConfig
 from hyperinit.train import tasks as train_tasks
@@ -118,9 +119,17 @@ def predict_inits(target: ModelConfig,
 
 
 def start_params(target: ModelConfig, seed: int, predicted: Any = None,
-                 noise: float = 0.0) -> Any:
+                 noise: float = 0.0, scope: str = 'all') -> Any:
   """The params a fine-tuning run starts from: the model's own random init (seeded) when
-  `predicted` is None, else `predicted` + `add_noise(frac=noise)` (noise seeded by `seed`)."""
+  `predicted` is None, else `predicted` + `add_noise(frac=noise)` (noise seeded by `seed`).
+
+  scope 'io' (`logah.scope`) keeps only the (noised) predicted leaves outside the blocks and
+  takes the blocks from the random init of the same seed: exactly the random arm's blocks.
+  """
   if predicted is None:
     return models.init_params(target, jax.random.key(seed))
-  return add_noise(predicted, target, noise, jax.random.fold_in(jax.random.key(seed), 1))
+  start = add_noise(predicted, target, noise, jax.random.fold_in(jax.random.key(seed), 1))
+  if scope == 'all':
+    return start
+  return scope_lib.restrict(start, models.init_params(target, jax.random.key(seed)), target,
+                            scope)

@@ -20,7 +20,10 @@ import numpy as np
 
 from hyperinit.studies import plots
 
-COLORS = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange'}
+COLORS = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange',
+          'logah-io': 'tab:green', 'ghn3-io': 'tab:red'}
+# Arms whose speed-up over random init the report gives (LoGAH, full and 'io' scope).
+SPEEDUP_INITS = ('logah', 'logah-io')
 
 
 def arm_name(run: dict[str, Any]) -> str:
@@ -30,6 +33,8 @@ def arm_name(run: dict[str, Any]) -> str:
     name += f" (x{run['lr_mult']:g})"
   if run.get('noise'):
     name += f" + noise {run['noise']:g}"
+  if run.get('scope', 'all') != 'all':
+    name += ' [blocks random]'
   return name
 
 
@@ -84,13 +89,13 @@ def has_accuracy(runs) -> bool:
 
 
 def speedup(summary: dict[str, Any], task: str, target: str, ghn_step: int = 100,
-            init: str = 'logah') -> dict[str, dict[int, dict[str, float | None]]]:
+            inits: tuple[str, ...] = SPEEDUP_INITS) -> dict[str, dict[int, dict[str, float | None]]]:
   """{GHN arm: {seed: {'ghn_loss', 'random_steps'}}}: steps random init at its best LR needs
-  to reach each `init` arm's eval loss at `ghn_step`, per seed."""
+  to reach the eval loss at `ghn_step` of each arm whose init is in `inits`, per seed."""
   rand = random_by_seed(summary, task, target)
   out: dict[str, dict[int, dict[str, float | None]]] = {}
   for name, runs in arms(summary, task, target).items():
-    if runs[0]['init'] != init:
+    if runs[0]['init'] not in inits:
       continue
     per = {}
     for r in runs:
