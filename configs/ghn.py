@@ -36,12 +36,10 @@ def _ghn(**over) -> ml_collections.ConfigDict:
   g.heads = 4                   # Graphormer heads
   g.mlp_ratio = 4               # Graphormer MLP width / hidden
   g.rank = 16                   # LoGAH rank r
-  # LoGAH K, as the reference.  Factor row i of a matrix is decoded from S row floor(i r / K): at
-  # K = 512 the rows of a 128-wide residual past 96 (the pool's widest) came from an S row that
-  # no attention or embedding node of the pool ever used, and a ViT GHN that predicted 96-wide
-  # ViTs at 24-28% accuracy predicted every 128-wide one at 10.6% (chance; 2026-12-07,
-  # benchmarks/ghn_width_probe.py).  At K = 32768 every row up to width 2048 comes from S row 0.
-  g.max_dim = 32768
+  # LoGAH K (>= the widest dimension predicted).  K = 32768 (the reference's) was tried for the
+  # CPU GHNs on 2026-12-07 and did not help: held-out 128-wide ViTs still at chance, 96-wide ones
+  # 20% instead of 25% (docs/logah.md, "Width extrapolation").
+  g.max_dim = 512
   g.chunk = 32                  # GHN-3 chunk c (weights are tiled c x c blocks)
   g.max_spd = 64                # shortest-path distances clipped here
   g.max_degree = 16             # in/out degrees clipped here
