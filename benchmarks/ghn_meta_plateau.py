@@ -1,6 +1,6 @@
 """How long a GHN sits on the unigram plateau: meta-training on a FIXED pair of architectures.
 
-    PYTHONPATH=. python benchmarks/ghn_meta_plateau.py --steps=1500 [--task=gpt] [--noise=0]
+    PYTHONPATH=. python benchmarks/ghn_meta_plateau.py --steps=1500 [--task=gpt] [--noise=0] [--lr=1e-3]
 
 Takes the first two architectures of the first meta-batch group of
 `configs/ghn.py:<task>_local`, meta-trains a fresh GHN (the config's GHN and
@@ -28,6 +28,7 @@ from hyperinit.logah.graph import build_graph
 _STEPS = flags.DEFINE_integer('steps', 1500, 'meta-training steps')
 _TASK = flags.DEFINE_enum('task', 'gpt', ['gpt', 'vit'], 'which CPU pool')
 _NOISE = flags.DEFINE_float('noise', 0.0, 'MetaConfig.noise')
+_LR = flags.DEFINE_float('lr', None, 'peak meta learning rate (default: the config\'s, 1e-3)')
 _EVERY = flags.DEFINE_integer('every', 50, 'print the mean loss of every N steps')
 
 
@@ -48,6 +49,8 @@ def main(argv):
   group = groups[0][:2]
   gcfg = tasks.ghn_config(cfg)
   mc = dataclasses.replace(tasks.meta_config(cfg), total_steps=_STEPS.value, noise=_NOISE.value)
+  if _LR.value is not None:
+    mc = dataclasses.replace(mc, lr=_LR.value)
   state = meta.init_state(gcfg, mc, jax.random.key(0))
   graphs = meta.batch_for(group)
   if gcfg.decoder == 'logah':
