@@ -39,6 +39,7 @@ from configs import ghn as ghn_configs
 from hyperinit import models, spec as spec_lib
 from hyperinit.interop import convert
 from hyperinit.logah import saving, scope, tasks
+from hyperinit.logah.graph import is_scanned, slice_spec
 from hyperinit.logah.noise import add_noise
 from hyperinit.studies import ghn_finetune
 
@@ -70,10 +71,10 @@ def _per_block_kernel(pred, rand, specs, fn):
   for p, s in specs.items():
     if not (scope.in_blocks(p, s) and s.fan_in):
       continue
-    scanned = bool(s.axes) and s.axes[0] == 'layers'
+    scanned = is_scanned(s)
     xs = pred[p] if scanned else pred[p][None]
     rs = rand[p] if scanned else rand[p][None]
-    fan_in = tuple(i - 1 for i in s.fan_in) if scanned else s.fan_in
+    fan_in = slice_spec(s).fan_in if scanned else s.fan_in
     layers = []
     for x, r in zip(xs, rs):
       mx, how = _matrix(x, fan_in)

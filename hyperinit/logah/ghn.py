@@ -31,7 +31,7 @@ from hyperinit import models
 from hyperinit import spec as spec_lib
 from hyperinit.logah import batching, decoders
 from hyperinit.logah.encoder import GraphEncoder
-from hyperinit.logah.graph import Graph, build_graph, slice_spec
+from hyperinit.logah.graph import Graph, build_graph, is_scanned, slice_spec
 from hyperinit.models.config import ModelConfig
 
 DECODERS = ('logah', 'ghn3')
@@ -221,7 +221,7 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
   plans = []
   for path, s in specs.items():
     shape, dtype = tuple(shapes[path].shape), str(shapes[path].dtype)
-    scanned = bool(s.axes) and s.axes[0] == 'layers'
+    scanned = is_scanned(s)
     if scanned:
       nodes = tuple(owner[(path, i)] for i in range(shape[0]))
       s, shape = slice_spec(s), shape[1:]

@@ -308,7 +308,7 @@ def check_leaf_mapping(graph: Graph, specs, shapes) -> None:
   want: set[LeafRef] = set()
   for path, s in flat_s.items():
     shape = tuple(flat_p[path].shape)
-    if s.axes and s.axes[0] == 'layers':
+    if is_scanned(s):
       want.update((path, i) for i in range(shape[0]))
     else:
       want.add((path, None))
@@ -327,8 +327,13 @@ def check_leaf_mapping(graph: Graph, specs, shapes) -> None:
                          f'but its leaf {path!r} of shape {shape} has ({c_out}, {c_in})')
 
 
+def is_scanned(s: spec_lib.ParamSpec) -> bool:
+  """Whether a leaf is scanned: its leading axis is 'layers' (one slice per block)."""
+  return bool(s.axes) and s.axes[0] == 'layers'
+
+
 def slice_spec(s: spec_lib.ParamSpec) -> spec_lib.ParamSpec:
   """The spec of one layer of a scanned leaf (drops the leading 'layers' axis)."""
-  if not s.axes or s.axes[0] != 'layers':
+  if not is_scanned(s):
     raise ValueError(f'expected a scanned leaf with a leading layers axis, got axes {s.axes}')
   return spec_lib.ParamSpec(s.axes[1:], tuple(i - 1 for i in s.fan_in), s.role)

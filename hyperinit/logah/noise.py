@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from hyperinit import models, spec as spec_lib
-from hyperinit.logah.graph import slice_spec
+from hyperinit.logah.graph import is_scanned, slice_spec
 from hyperinit.models.config import ModelConfig
 
 
@@ -35,7 +35,7 @@ def add_noise(params: Any, target: ModelConfig, frac: float, rng: jax.Array) -> 
     if not (s.fan_in or s.role == 'cls_token'):
       out[path] = x
       continue
-    scanned = bool(s.axes) and s.axes[0] == 'layers'
+    scanned = is_scanned(s)
     std = frac * models.init_std(target, path, slice_spec(s) if scanned else s,
                                  x.shape[1:] if scanned else x.shape)
     out[path] = x + std * jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from hyperinit import models, spec as spec_lib
+from hyperinit.logah.graph import is_scanned
 from hyperinit.models.config import ModelConfig
 
 SCOPES = ('all', 'io')
@@ -29,7 +30,7 @@ _BLOCK = re.compile(r'^(block_\d+|blocks)(/|$)')
 def in_blocks(path: str, spec: spec_lib.ParamSpec) -> bool:
   """Whether the leaf at `path` ('/'-joined) belongs to the repeated blocks: scanned leaves
   (leading 'layers' axis) and the leaves under 'block_<i>' / 'blocks'."""
-  return bool(spec.axes) and spec.axes[0] == 'layers' or bool(_BLOCK.match(path))
+  return is_scanned(spec) or bool(_BLOCK.match(path))
 
 
 def restrict(predicted: Any, fallback: Any, target: ModelConfig, scope: str) -> Any:

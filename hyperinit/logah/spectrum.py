@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hyperinit import spec as spec_lib
+from hyperinit.logah.graph import is_scanned, slice_spec
 
 
 def matrix_spectrum(w: np.ndarray) -> tuple[float, float]:
@@ -50,9 +51,9 @@ def leaf_matrices(params: Any, specs: Any, min_dim: int = 1) -> dict[str, np.nda
     if not s.fan_in:
       continue
     w = np.asarray(flat_p[path])
-    scanned = bool(s.axes) and s.axes[0] == 'layers'
+    scanned = is_scanned(s)
     layers = [(f'{path}[{i}]', w[i]) for i in range(w.shape[0])] if scanned else [(path, w)]
-    fan_in = tuple(i - 1 for i in s.fan_in) if scanned else s.fan_in
+    fan_in = slice_spec(s).fan_in if scanned else s.fan_in
     for name, x in layers:
       rows = int(np.prod([x.shape[i] for i in fan_in]))
       order = list(fan_in) + [i for i in range(x.ndim) if i not in fan_in]

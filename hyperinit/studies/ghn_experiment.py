@@ -154,14 +154,13 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       spectra[task][tname].update({d: _spectrum(p, target, min_dim) for d, p in predicted.items()})
       finetuners: dict[float, ghn_finetune.Finetuner] = {}
 
-      def finetune(init, lr, mult, noise, seed, scope='all'):
+      def finetune(init, lr, mult, noise, seed, decoder=None, scope='all'):
         key = (task, tname, init, lr, seed)
         if key in done:
           return
         ft = finetuners.get(lr) or finetuners.setdefault(
             lr, ghn_finetune.Finetuner(pool_cfg.finetune, target, lr=lr))
-        start = ghn_finetune.start_params(target, seed, predicted.get(init.split('-')[0]), noise,
-                                          scope)
+        start = ghn_finetune.start_params(target, seed, predicted.get(decoder), noise, scope)
         t0 = time.perf_counter()
         curve = ft.run(start, seed)
         timing[f'finetune/{task}/{tname}/{init}_lr{lr:g}_s{seed}'] = time.perf_counter() - t0
@@ -181,7 +180,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         noise = float(config.noise.get(decoder, 0.0))
         for mult in (float(m) for m in config.ghn_lr_mults):
           for seed in seeds:
-            finetune(init, best[task][tname] * mult, mult, noise, seed, scope)
+            finetune(init, best[task][tname] * mult, mult, noise, seed, decoder, scope)
       finetuners.clear()
       train.release_programs()     # the next target compiles its own
 
@@ -210,7 +209,7 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
                  'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
                  'noise': {k: float(v) for k, v in config.noise.items()},
                  'decoders': list(config.decoders),
-                 'io_decoders': list(config.get('io_decoders', ()) or ())}}
+                 'io_decoders': [d for _, d, s in ghn_arms(config) if s == 'io']}}
   summary['speedup'] = {t: {n: {a: {str(s): v for s, v in per.items()} for a, per in
                                 ghn_report.speedup(summary, t, n, summary['speedup_step']).items()} for n in ns}
                         for t, ns in names.items()}
