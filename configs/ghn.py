@@ -61,6 +61,11 @@ def _meta(**over) -> ml_collections.ConfigDict:
   m.ema = 0.999                 # EMA decay of the GHN params (0: off)
   m.ema_warmup = True           # decay min(ema, (1 + t) / (10 + t)): short runs are not stuck near init
   m.l2 = 3e-5                   # weight of the sum of per-leaf L2 norms of the predicted params
+  # LoGAH: decode every target through a fresh random permutation of the first N of the K
+  # channel rows (0: off), so that rows past the pool's widest dimension are trained too
+  # (ghn.channel_permutation).  Off: with N = 128 or 512 both CPU GHNs stayed on their trivial
+  # plateau for 2000 steps (docs/logah.md, "Third pass").
+  m.permute_channels = 0
   m.update(over)
   return m
 

@@ -37,6 +37,13 @@ from flax import struct
 ROLES = frozenset({'', 'embedding', 'tied_embedding', 'position', 'norm',
                    'final_norm', 'query', 'readout', 'cls_token'})
 
+# Logical axes that touch the model's external inputs/outputs or its structure: their size
+# and index order are fixed by the data (vocab, classes, channels, patch pixels, positions)
+# or they are not a width at all (layers).  Every other named axis is a width whose channels
+# are interchangeable: HyperCloning widens only those, LoGAH's channel permutation permutes
+# only those.
+FIXED_AXES = frozenset({'vocab', 'classes', 'position', 'layers', 'patch', 'channels'})
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:

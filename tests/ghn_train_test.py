@@ -114,6 +114,10 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
     assert set(summary['spectra'][task][target]) == {'random', 'logah', 'ghn3'}
     assert len(summary['speedup'][task][target]) == 4
     assert all(len(v) == 2 for v in summary['speedup'][task][target].values())
+    # The recipe records each task's GHN and meta-training settings.
+    meta_rec = summary['recipe']['meta'][task]
+    assert meta_rec['num_steps'] == cfg.pools[task].num_steps
+    assert meta_rec['meta']['permute_channels'] == 0 and meta_rec['ghn']['rank'] == 4
     # Every arm has a number in every column of the table.
     table = open(os.path.join(workdir, 'results.md')).read()
     section = table.split(f'**{task}**')[1].split('**')[0]

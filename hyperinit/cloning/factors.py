@@ -12,10 +12,11 @@ import math
 import numbers
 from typing import Any, Mapping
 
-# Axes that touch the model's external inputs/outputs or its structure: their
-# size is fixed by the data (vocab, classes, channels, patch pixels, positions)
-# or is not a width at all (layers; depth growth lives in `depth.py`).
-NON_WIDENABLE = frozenset({'vocab', 'classes', 'position', 'layers', 'patch', 'channels'})
+from hyperinit import spec as spec_lib
+
+# Axes whose size is fixed by the data or that are not a width (spec.FIXED_AXES; depth
+# growth lives in `depth.py`).
+NON_WIDENABLE = spec_lib.FIXED_AXES
 
 # kv-head rules: 'auto' multiplies kv heads with query heads (MHA, GQA) but keeps
 # a single kv head single (MQA stays MQA); 'follow' always multiplies; 'keep'

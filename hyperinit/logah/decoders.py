@@ -112,13 +112,18 @@ class LowRankDecoder(nn.Module):
     return {'s': self.mlp(e).reshape(e.shape[:-1] + (2, r, r)),
             'a': self.vec_head(e).reshape(e.shape[:-1] + (len(VECTOR_KINDS), r))}
 
-  def _factor(self, s: jax.Array, n: int) -> jax.Array:
-    """One half of S [..., r, r] -> its factor's first n rows [..., n, r].
+  def _factor(self, s: jax.Array, n: int, rows: jax.Array | None = None) -> jax.Array:
+    """One half of S [..., r, r] -> n rows of its factor [..., n, r].
 
     Row i is entries [i*r, (i+1)*r) of the row-major flattening of
-    F = relu(s) @ W_K + b_K [r, K]; rows past K wrap around.
+    F = relu(s) @ W_K + b_K [r, K].  rows=None: rows 0..n-1 (past K they wrap
+    around).  rows [n] int (each < K): those rows, in that order (a channel
+    permutation, `permuted_rows`); the whole [K, r] factor is formed, O(K r) per node.
     """
     r, k = self.rank, self.max_dim
+    if rows is not None:
+      full = nn.relu(s) @ self.expand_kernel + self.expand_bias
+      return jnp.take(full.reshape(full.shape[:-2] + (k, r)), rows, axis=-2)
     rows = min(n, k)
     flat = rows * r                       # entries of F's flattening that are used
     m = -(-flat // k)                     # rows of F they span
@@ -128,18 +133,23 @@ class LowRankDecoder(nn.Module):
     f = f.reshape(lead + (m * cols,))[..., :flat].reshape(lead + (rows, r))
     return cyclic_take(f, n, axis=-2)
 
-  def factors(self, codes: dict, c_in: int, c_out: int) -> tuple[jax.Array, jax.Array]:
-    """-> (Bt [..., c_in, r], A [..., c_out, r]); W = Bt @ A^T."""
+  def factors(self, codes: dict, c_in: int, c_out: int, rows_in: jax.Array | None = None,
+              rows_out: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """-> (Bt [..., c_in, r], A [..., c_out, r]); W = Bt @ A^T.  rows_*: see `_factor`."""
     s = codes['s']
-    return self._factor(s[..., 1, :, :], c_in), self._factor(s[..., 0, :, :], c_out)
+    return (self._factor(s[..., 1, :, :], c_in, rows_in),
+            self._factor(s[..., 0, :, :], c_out, rows_out))
 
   def matrix(self, codes: dict, c_in: int, c_out: int) -> jax.Array:
     """One node's codes -> W [..., c_in, c_out] of rank <= r."""
     bt, a = self.factors(codes, c_in, c_out)
     return jnp.einsum('...ir,...or->...io', bt, a)
 
-  def vector(self, codes: dict, kind: int, n: int) -> jax.Array:
+  def vector(self, codes: dict, kind: int, n: int, rows: jax.Array | None = None) -> jax.Array:
     """One node's codes -> v [..., n] for vector kind index `kind` (into VECTOR_KINDS).
+
+    rows [n] int (each < K): entry i is read from W_K's column rows[i] instead of i
+    (a channel permutation, `permuted_rows`).
 
     v = a @ W_K[:, :n]: a linear mix of W_K's rows, with neither b_K nor a relu.  b_K is
     shared by every vector of every node: with it every bias and gain of a predicted
@@ -148,6 +158,8 @@ class LowRankDecoder(nn.Module):
     LM ignores its input and sits at the unigram loss).  a starts near 0 (small last
     layer): gains near 1 and biases near 0, as at random init.
     """
+    if rows is not None:
+      return codes['a'][..., kind, :] @ jnp.take(self.expand_kernel, rows, axis=1)
     return codes['a'][..., kind, :] @ cyclic_take(self.expand_kernel, n, axis=1)
 
   def __call__(self, e):

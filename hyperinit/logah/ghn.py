@@ -108,12 +108,15 @@ class GHN(nn.Module):
   def matrix(self, codes: dict, c_in: int, c_out: int) -> jax.Array:
     return self.decoder.matrix(codes, c_in, c_out)
 
-  def factors(self, codes: dict, c_in: int, c_out: int) -> tuple[jax.Array, jax.Array]:
+  def factors(self, codes: dict, c_in: int, c_out: int, rows_in: jax.Array | None = None,
+              rows_out: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """LoGAH only: (Bt [..., c_in, r], A [..., c_out, r]) with W = Bt @ A^T."""
-    return self.decoder.factors(codes, c_in, c_out)
+    return self.decoder.factors(codes, c_in, c_out, rows_in, rows_out)
 
-  def vector(self, codes: dict, kind: int, n: int) -> jax.Array:
-    return self.decoder.vector(codes, kind, n)
+  def vector(self, codes: dict, kind: int, n: int, rows: jax.Array | None = None) -> jax.Array:
+    if rows is None:
+      return self.decoder.vector(codes, kind, n)
+    return self.decoder.vector(codes, kind, n, rows)
 
   def __call__(self, graphs: jraph.GraphsTuple):
     x, _ = self.encode(graphs)
@@ -167,6 +170,8 @@ class LeafDecode:
   std: float                  # target std (mode 'init': the leaf's own init std)
   beta: float
   dtype: str
+  permute_in: bool = False    # the fan-in side's axes are widths (channel permutation applies)
+  permute_out: bool = False   # the fan-out side's (a vector's only side)
 
   @property
   def c_in(self) -> int:
@@ -196,6 +201,34 @@ def leaf_kind(path: str, s: spec_lib.ParamSpec) -> str:
   if path.endswith('bias'):
     return 'bias'
   return 'vector'
+
+
+def _is_width(axes: tuple) -> bool:
+  """Whether dims with these logical axes are interchangeable channels (none fixed by data)."""
+  return bool(axes) and all(a is not None and a not in spec_lib.FIXED_AXES for a in axes)
+
+
+def channel_permutation(cfg: GHNConfig, key: jax.Array, rows: int | None = None) -> jax.Array:
+  """A random permutation of LoGAH's K canonical channel rows, [K] int32, that shuffles the
+  first `rows` of them (None: all K) and leaves the rest in place.
+
+  Meta-training with `MetaConfig.permute_channels = rows` decodes each target through a fresh
+  one (`decode_params(..., perm=...)`): every width axis (embed, heads, head_dim, mlp, ...;
+  not vocab, positions, classes, pixels) reads its d channels from rows perm[:d] of the
+  factors and W_K instead of rows 0..d-1.  Good networks stay good under any permutation of their
+  hidden channels, so a decoder can meet this demand; what it changes is that every one of
+  the K rows is trained, not only those below the pool's widest dimension, so a target wider
+  than every pool member (rows 0..d-1 at prediction) reads trained rows.  `rows` bounds the
+  cost in signal: each row is used by a d-wide side with probability d / rows (measured:
+  shuffling all K = 512 rows kept a CPU ViT GHN at the uniform predictor for 2000 steps).
+  """
+  if cfg.decoder != 'logah':
+    raise ValueError(f'channel permutation needs the LoGAH decoder (K rows), not {cfg.decoder!r}')
+  k = cfg.max_dim
+  rows = k if rows is None else int(rows)
+  if not 1 <= rows <= k:
+    raise ValueError(f'channel permutation of {rows} rows: expected 1 <= rows <= K = {k}')
+  return jnp.concatenate([jax.random.permutation(key, rows), jnp.arange(rows, k)])
 
 
 def norm_mode(ghn_cfg: GHNConfig) -> str:
@@ -231,14 +264,33 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
       nodes = (owner[(path, None)],)
     kind = leaf_kind(path, s)
     std = _target_std(ghn_cfg, target, mode, path, s, shape)
+    axes_in = tuple(s.axes[i] for i in s.fan_in)
+    axes_out = tuple(a for i, a in enumerate(s.axes) if i not in s.fan_in)
     plans.append(LeafPlan(path, nodes, scanned,
-                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype)))
+                          LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype,
+                                     _is_width(axes_in), _is_width(axes_out))))
   return tuple(plans)
 
 
-def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax.Array:
-  """One node's codes (or L nodes' codes, leading dim L) -> the normalised leaf [(L,) *d.shape]."""
+def _rows(cfg: GHNConfig, perm: jax.Array | None, permute: bool, n: int) -> jax.Array | None:
+  """The K-rows a width side of n channels reads under `perm` (None: rows 0..n-1)."""
+  if perm is None or not permute:
+    return None
+  if n > cfg.max_dim:
+    raise ValueError(f'channel permutation: a width dimension of {n} exceeds the GHN\'s '
+                     f'K = max_dim = {cfg.max_dim}; use max_dim >= the widest width')
+  return perm[:n]
+
+
+def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode,
+                perm: jax.Array | None = None) -> jax.Array:
+  """One node's codes (or L nodes' codes, leading dim L) -> the normalised leaf [(L,) *d.shape].
+
+  perm: optional [K] channel permutation (`channel_permutation`, LoGAH only).
+  """
   ghn = GHN(cfg)
+  if perm is not None and cfg.decoder != 'logah':
+    raise ValueError(f'channel permutation needs the LoGAH decoder, not {cfg.decoder!r}')
   if d.kind in decoders.MATRIX_KINDS:
     gain = decoders.bounded_gain(codes['log_gain'])
     scale = functools.partial(decoders.matrix_scale, d.kind, d.mode, fan_in=d.c_in, std=d.std,
@@ -246,7 +298,9 @@ def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax
     if cfg.decoder == 'logah':
       # Normalise through the factors: the scale comes from r x r Gram matrices and the
       # leaf is formed once, already scaled (one leaf-sized buffer at GPT-2 Large's vocab).
-      bt, a = ghn.apply({'params': params}, codes, d.c_in, d.c_out, method=GHN.factors)
+      bt, a = ghn.apply({'params': params}, codes, d.c_in, d.c_out,
+                        _rows(cfg, perm, d.permute_in, d.c_in),
+                        _rows(cfg, perm, d.permute_out, d.c_out), method=GHN.factors)
       s = jnp.asarray(scale(moments=lambda: decoders.factor_moments(bt, a)))
       w = jnp.einsum('...ir,...or->...io', bt, a * s[..., None, None])
     else:
@@ -261,7 +315,9 @@ def decode_leaf(cfg: GHNConfig, params: dict, codes: dict, d: LeafDecode) -> jax
     w = jnp.transpose(w, tuple(range(len(lead))) + tuple(len(lead) + int(p) for p in perm))
   else:
     kind = decoders.VECTOR_KINDS.index(d.kind)
-    w = ghn.apply({'params': params}, codes, kind, math.prod(d.shape), method=GHN.vector)
+    n = math.prod(d.shape)
+    w = ghn.apply({'params': params}, codes, kind, n, _rows(cfg, perm, d.permute_out, n),
+                  method=GHN.vector)
     lead = w.shape[:-1]
     w = decoders.normalize(w, d.kind, d.mode, 1, d.std, d.beta).reshape(lead + d.shape)
   return w.astype(d.dtype)
@@ -271,7 +327,7 @@ _decode_leaf_jit = jax.jit(decode_leaf, static_argnums=(0, 3))
 
 
 def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
-                  grouped: bool = True) -> dict:
+                  grouped: bool = True, perm: jax.Array | None = None) -> dict:
   """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
 
   grouped=True (for use inside jit / grad) decodes all leaves that share a
@@ -281,6 +337,7 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
   grouped=False (eager, concrete codes; what `predict` does) decodes leaf by
   leaf, each with its own jitted call (streaming: peak memory = the output
   tree + one leaf).
+  perm: optional [K] channel permutation (`channel_permutation`; meta-training).
   """
   out: dict = {}
   plans = leaf_plans(cfg, target)
@@ -289,14 +346,14 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
     for plan in plans:
       idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
       node = jax.tree.map(lambda c: c[idx], codes)
-      out[plan.path] = _decode_leaf_jit(cfg, params, node, plan.decode)
+      out[plan.path] = _decode_leaf_jit(cfg, params, node, plan.decode, perm)
     return spec_lib.unflatten(out)
   groups: dict[LeafDecode, list[LeafPlan]] = {}
   for plan in plans:
     groups.setdefault(plan.decode, []).append(plan)
   for d, members in groups.items():
     idx = np.concatenate([np.asarray(p.nodes) for p in members])
-    stacked = decode_leaf(cfg, params, jax.tree.map(lambda c: c[idx], codes), d)
+    stacked = decode_leaf(cfg, params, jax.tree.map(lambda c: c[idx], codes), d, perm)
     start = 0
     for p in members:
       n = len(p.nodes)

@@ -51,6 +51,9 @@ class MetaConfig:
   noise: float = 0.0            # Gaussian noise on every predicted weight leaf, as a fraction of
                                 # its init std (noise.add_noise), fresh each step: the GHN learns
                                 # for the noisy start it is fine-tuned from
+  permute_channels: int = 0     # LoGAH: decode each target through a fresh random permutation
+                                # of the first N of the K channel rows (ghn.channel_permutation;
+                                # 0: off), so that wider-than-pool targets read trained rows
 
 
 def make_schedule(mc: MetaConfig) -> optax.Schedule:
@@ -105,21 +108,31 @@ def param_penalty(tree: Any) -> jax.Array:
   return sum(jnp.sqrt(jnp.sum(jnp.square(x))) for x in jax.tree.leaves(tree))
 
 
+# fold_in tag of the channel-permutation stream (the noise stream folds in target indices).
+_PERM_STREAM = 0x7E57
+
+
 def meta_loss(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
               ghn_cfg: ghn_lib.GHNConfig, targets: tuple[ModelConfig, ...], l2: float,
-              noise: float = 0.0, rng: jax.Array | None = None):
+              noise: float = 0.0, rng: jax.Array | None = None, permute: int = 0):
   """Mean over targets of task loss + l2 * param_penalty(predicted); returns (loss, metrics).
 
   With noise > 0 the task loss is that of predicted + `noise_lib.add_noise(noise)` (target i
   draws from fold_in(rng, i)); the L2 penalty is on the noiseless prediction.
+  With permute = N > 0, target i is decoded through `ghn.channel_permutation` of the first N
+  rows, drawn from fold_in(fold_in(rng, _PERM_STREAM), i).
   metrics: 'task_losses' / 'accuracies' [T] per target, their means 'task_loss' / 'accuracy'.
   """
-  if noise and rng is None:
-    raise ValueError(f'meta_loss with noise={noise} needs an rng key')
+  if (noise or permute) and rng is None:
+    raise ValueError(f'meta_loss with noise={noise}, permute={permute} needs an rng key')
   codes = ghn_lib.node_codes(ghn_cfg, params, graphs)
   totals, tasks, accs = [], [], []
   for i, target in enumerate(targets):
-    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target)
+    perm = ghn_lib.channel_permutation(
+        ghn_cfg, jax.random.fold_in(jax.random.fold_in(rng, _PERM_STREAM), i),
+        permute) if permute else None
+    predicted = ghn_lib.decode_params(ghn_cfg, params, jax.tree.map(lambda c: c[i], codes), target,
+                                      perm=perm)
     run = noise_lib.add_noise(predicted, target, noise, jax.random.fold_in(rng, i)) if noise \
         else predicted
     loss, acc = task_loss(target, run, batch)
@@ -137,7 +150,7 @@ def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str,
               targets: tuple[ModelConfig, ...]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """One meta-training step on a target group; returns (new state, metrics).
 
-  rng: this step's key for `meta_cfg.noise` (required when it is > 0).
+  rng: this step's key for `meta_cfg.noise` and `permute_channels` (required with either).
   """
   if len(targets) > graphs.n_node.shape[0] - 1:
     raise ValueError(f'{len(targets)} targets but the graph batch holds '
@@ -145,7 +158,7 @@ def meta_step(state: dict[str, Any], graphs: jraph.GraphsTuple, batch: dict[str,
   grad_fn = jax.value_and_grad(meta_loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state['params'], graphs, batch, ghn_cfg=ghn_cfg,
                                    targets=targets, l2=meta_cfg.l2, noise=meta_cfg.noise,
-                                   rng=rng)
+                                   rng=rng, permute=meta_cfg.permute_channels)
   tx = _optimizer(meta_cfg)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)

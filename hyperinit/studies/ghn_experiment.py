@@ -209,7 +209,10 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
                  'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
                  'noise': {k: float(v) for k, v in config.noise.items()},
                  'decoders': list(config.decoders),
-                 'io_decoders': [d for _, d, s in ghn_arms(config) if s == 'io']}}
+                 'io_decoders': [d for _, d, s in ghn_arms(config) if s == 'io'],
+                 # Each task's GHN and meta-training settings (decoder: per run, as 'decoders').
+                 'meta': {t: {'num_steps': int(c.num_steps), 'ghn': c.ghn.to_dict(),
+                              'meta': c.meta.to_dict()} for t, c in config.pools.items()}}}
   summary['speedup'] = {t: {n: {a: {str(s): v for s, v in per.items()} for a, per in
                                 ghn_report.speedup(summary, t, n, summary['speedup_step']).items()} for n in ns}
                         for t, ns in names.items()}

@@ -204,7 +204,7 @@ def train_ghn(config: Any, workdir: str, *,
     if gi not in graphs:
       graphs[gi] = meta.batch_for(groups[gi])
     batch = tasks.meta_batch(next(data_iter))
-    step_key = jax.random.fold_in(noise_key, step)   # meta_cfg.noise's draw: a function of the step
+    step_key = jax.random.fold_in(noise_key, step)   # noise / permutation draws: a function of the step
     state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch, step_key),
                            dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
     m = {k: v for k, v in m.items() if k not in ('task_losses', 'accuracies')}
