@@ -1,14 +1,14 @@
 """Which parts of a GHN prediction help fine-tuning: predicted and random leaves mixed by group.
 
     PYTHONPATH=. python benchmarks/ghn_init_ablation.py --ghn_dir=WORKDIR/gpt/logah_s0/ghn \
-        [--task=gpt] [--target=L5-D96-H4] [--steps=100] [--seeds=0]
+        [--task=gpt] [--target=L5-D96-H4] [--steps=100] [--seeds=0] [--starts=random,predicted,io]
 
 Loads a trained GHN, predicts `--target` (by default a validation architecture:
 deeper than the CPU pool, narrower than the held-out targets, so that choices
 made from this table are not made on the targets the experiment reports), and
 fine-tunes it with the experiment's trainer config (configs/ghn.py:<task>_local,
 lr 1e-3) from each start below, on the same batches per seed.  Prints the eval
-loss (and accuracy for ViTs) at steps 0, 25 and --steps, and, before training,
+loss (and accuracy for ViTs) at steps 0, 25, 100 and --steps, and, before training,
 the residual stream after the last block on one eval batch: its rms and the
 share of its energy that is the same vector for every token
 (|mean over tokens|^2 / mean |x|^2; random init: ~0.05-0.1).
@@ -51,6 +51,7 @@ _TARGET = flags.DEFINE_string('target', None, "target 'L<depth>-D<width>-H<heads
 _STEPS = flags.DEFINE_integer('steps', 100, 'fine-tuning steps')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'seeds (random init, data order, noise)')
 _LR = flags.DEFINE_float('lr', 1e-3, 'peak fine-tuning learning rate')
+_STARTS = flags.DEFINE_list('starts', None, 'the starts to run (default: all of the module doc)')
 
 
 def _matrix(x: np.ndarray, fan_in: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
@@ -135,7 +136,8 @@ def main(argv):
   name = _TARGET.value or ('L5-D96-H4-P2' if _TASK.value == 'vit' else 'L5-D96-H4')
   f = cfg.finetune
   f.targets, f.num_train_steps = name, _STEPS.value
-  f.eval_at, f.eval_every = tuple(sorted({0, min(25, _STEPS.value), _STEPS.value})), 0
+  f.eval_at, f.eval_every = tuple(sorted({0, min(25, _STEPS.value), min(100, _STEPS.value),
+                                          _STEPS.value})), 0
   target = tasks.targets(cfg)[name]
   gcfg, gparams = saving.load_ghn(_GHN_DIR.value)
   pred = {p: np.asarray(v) for p, v in spec_lib.flatten(
@@ -146,7 +148,12 @@ def main(argv):
   for seed in (int(s) for s in _SEEDS.value):
     rand = {p: np.asarray(v) for p, v in spec_lib.flatten(
         models.init_params(target, jax.random.key(seed))).items()}
-    for arm, params in starts(target, pred, rand, seed).items():
+    every = starts(target, pred, rand, seed)
+    unknown = sorted(set(_STARTS.value or ()) - set(every))
+    if unknown:
+      raise ValueError(f'--starts names {unknown}; expected some of {sorted(every)}')
+    for arm in _STARTS.value or every:
+      params = every[arm]
       share, rms = residual_stats(target, params, probe)
       rows = ft.run(spec_lib.unflatten(params), seed)
       cells = '  '.join(f"step {r['step']}: {r['loss']:.3f}" + (
