@@ -49,7 +49,7 @@ _OUT = flags.DEFINE_string('out', None, 'also write the rows here (JSON, atomica
 
 def source_config(target: models.ModelConfig, n: int) -> models.ModelConfig:
   """The target with embed, MLP and head widths divided by n (same depth and head count)."""
-  head_dim = target.embed_dim // target.num_heads
+  head_dim = target.d_head
   if target.embed_dim % n or target.mlp_dim % n or head_dim % n:
     raise ValueError(f'factor {n} does not divide the target\'s widths (embed {target.embed_dim}, '
                      f'mlp {target.mlp_dim}, head_dim {head_dim})')

@@ -118,7 +118,7 @@ class LowRankDecoder(nn.Module):
     Row i is entries [i*r, (i+1)*r) of the row-major flattening of
     F = relu(s) @ W_K + b_K [r, K].  rows=None: rows 0..n-1 (past K they wrap
     around).  rows [n] int (each < K): those rows, in that order (a channel
-    permutation, `permuted_rows`); the whole [K, r] factor is formed, O(K r) per node.
+    permutation, `ghn.channel_permutation`); the whole [K, r] factor is formed, O(K r) per node.
     """
     r, k = self.rank, self.max_dim
     if rows is not None:
@@ -149,7 +149,7 @@ class LowRankDecoder(nn.Module):
     """One node's codes -> v [..., n] for vector kind index `kind` (into VECTOR_KINDS).
 
     rows [n] int (each < K): entry i is read from W_K's column rows[i] instead of i
-    (a channel permutation, `permuted_rows`).
+    (a channel permutation, `ghn.channel_permutation`).
 
     v = a @ W_K[:, :n]: a linear mix of W_K's rows, with neither b_K nor a relu.  b_K is
     shared by every vector of every node: with it every bias and gain of a predicted

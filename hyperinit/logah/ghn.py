@@ -265,7 +265,7 @@ def leaf_plans(ghn_cfg: GHNConfig, target: ModelConfig) -> tuple[LeafPlan, ...]:
     kind = leaf_kind(path, s)
     std = _target_std(ghn_cfg, target, mode, path, s, shape)
     axes_in = tuple(s.axes[i] for i in s.fan_in)
-    axes_out = tuple(a for i, a in enumerate(s.axes) if i not in s.fan_in)
+    axes_out = tuple(s.axes[i] for i in s.fan_out)
     plans.append(LeafPlan(path, nodes, scanned,
                           LeafDecode(shape, s.fan_in, kind, mode, float(std), ghn_cfg.beta, dtype,
                                      _is_width(axes_in), _is_width(axes_out))))
