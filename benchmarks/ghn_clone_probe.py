@@ -2,16 +2,17 @@
 
     PYTHONPATH=. python benchmarks/ghn_clone_probe.py --ghn_dir=WORKDIR/gpt/logah_s0/ghn \
         [--task=gpt] [--targets=L6-D128-H4,L5-D112-H4] [--factor=2] [--steps=300] \
-        [--seeds=0,1,2] [--starts=random,predicted,cloned] [--lr=1e-3] [--out=rows.json]
+        [--seeds=0,1,2] [--starts=random,predicted,cloned] [--lr=1e-3] [--snr_db=10] [--out=rows.json]
 
 LoGAH's predictions do not extrapolate in residual width (docs/logah.md, "Width
 extrapolation"), but they do in depth.  HyperCloning widens a network without
 changing its function.  So for each target (e.g. 6 x 128, wider and deeper than
 every pool member) this predicts the *source* = the target with its embedding,
 MLP and head widths divided by --factor (6 x 64, heads kept, head_dim halved),
-clones it --factor times along embed / mlp / head_dim (`cloning.clone_model`,
-the noisy symmetric variant, rng = the seed) and checks that the clone's config
-is the target's.  It then fine-tunes the target with the experiment's trainer
+clones it --factor times along embed / mlp / head_dim
+(`studies.ghn_finetune.cloned_prediction`, the experiment's 'logah-clone' start:
+`cloning.clone_model`, noisy symmetric, rng = the seed; it checks that the
+clone's config is the target's).  It then fine-tunes the target with the experiment's trainer
 config (configs/ghn.py:<task>_local) from each start, on the same batches per
 seed, and prints the eval loss (and accuracy for ViTs) at steps 0, 25, 100 and
 --steps (and, with --out, writes them as JSON rows {target, seed, start, lr, steps,
@@ -23,14 +24,13 @@ loss[, accuracy]}):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from absl import app, flags
 import jax
 
 from configs import ghn as ghn_configs
-from hyperinit import _io, cloning, models
+from hyperinit import _io, models
 from hyperinit.logah import ghn as ghn_lib, saving, tasks
 from hyperinit.studies import ghn_finetune
 
@@ -43,29 +43,9 @@ _FACTOR = flags.DEFINE_integer('factor', 2, 'widening factor n (the source is 1/
 _STEPS = flags.DEFINE_integer('steps', 300, 'fine-tuning steps')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'seeds (random init, clone noise, data order)')
 _STARTS = flags.DEFINE_list('starts', ['random', 'predicted', 'cloned'], 'the starts to run')
+_SNR = flags.DEFINE_float('snr_db', 10.0, "the clone's symmetry-breaking noise (dB; lower: more)")
 _LR = flags.DEFINE_float('lr', 1e-3, 'peak fine-tuning learning rate')
 _OUT = flags.DEFINE_string('out', None, 'also write the rows here (JSON, atomically)')
-
-
-def source_config(target: models.ModelConfig, n: int) -> models.ModelConfig:
-  """The target with embed, MLP and head widths divided by n (same depth and head count)."""
-  head_dim = target.d_head
-  if target.embed_dim % n or target.mlp_dim % n or head_dim % n:
-    raise ValueError(f'factor {n} does not divide the target\'s widths (embed {target.embed_dim}, '
-                     f'mlp {target.mlp_dim}, head_dim {head_dim})')
-  return dataclasses.replace(target, embed_dim=target.embed_dim // n, mlp_dim=target.mlp_dim // n)
-
-
-def cloned_prediction(gcfg, gparams, target: models.ModelConfig, n: int, seed: int):
-  """GHN prediction of `source_config(target, n)`, cloned n times to `target`'s params."""
-  src = source_config(target, n)
-  factors = {'embed': n, 'mlp': n, 'head_dim': n}
-  params, dst = cloning.clone_model(ghn_lib.predict(gcfg, gparams, src), src, factors,
-                                    rng=jax.random.key(seed))
-  if models.param_shapes(dst) != models.param_shapes(target) or dst.replace(
-      head_dim=None) != target:
-    raise ValueError(f'the clone of {src} is {dst}, not the target {target}')
-  return params
 
 
 def main(argv):
@@ -90,12 +70,14 @@ def main(argv):
         elif start == 'predicted':
           params = predicted
         elif start == 'cloned':
-          params = cloned_prediction(gcfg, gparams, target, _FACTOR.value, seed)
+          params = ghn_finetune.cloned_prediction(gcfg, gparams, target, _FACTOR.value, seed,
+                                                  _SNR.value)
         else:
           raise ValueError(f'unknown start {start!r}; expected random, predicted or cloned')
         rows = ft.run(params, seed)
         out.append({'target': name, 'seed': seed, 'start': start, 'lr': _LR.value,
-                    'factor': _FACTOR.value, 'steps': [int(r['step']) for r in rows],
+                    'factor': _FACTOR.value, 'snr_db': _SNR.value,
+                    'steps': [int(r['step']) for r in rows],
                     'loss': [float(r['loss']) for r in rows]}
                    | ({'accuracy': [float(r['accuracy']) for r in rows]}
                       if _TASK.value == 'vit' else {}))

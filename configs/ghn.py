@@ -13,7 +13,8 @@ Variants:
                          accelerators (data: the embedded sets unless --config.data.dataset=...).
   experiment             both CPU pools x {logah, ghn3} (one GHN each), then fine-tuning of every
                          held-out target from random init (2 LRs) and each GHN (2 LRs) x 3 seeds,
-                         plus LoGAH's prediction outside the blocks only ('logah-io').
+                         plus LoGAH's prediction at half the width, HyperCloned 2x ('logah-clone'),
+                         and LoGAH's prediction outside the blocks only ('logah-io').
   experiment_smoke       the same code path at smoke size, 2 seeds (CI, tests/ghn_train_test.py).
 """
 
@@ -251,6 +252,13 @@ def _experiment(pools: dict[str, str], seeds: tuple[int, ...]) -> ml_collections
   # predicted embeddings, position table, final norm and readout, the blocks at the same seed's
   # random init (hyperinit.logah.scope; why: docs/logah.md, "Where the benefit lives").
   cfg.io_decoders = ('logah',)
+  # Also fine-tune these decoders' predictions of each target at 1/clone_factor of its width,
+  # HyperCloned clone_factor times to the target (init '<decoder>-clone'): the targets are wider
+  # than every pool member and the GHNs do not extrapolate in width, but cloning preserves the
+  # function (why: docs/logah.md, "Predict narrower, then HyperClone").
+  cfg.clone_decoders = ('logah',)
+  cfg.clone_factor = 2
+  cfg.clone_snr_db = 10.0                # the clone's symmetry-breaking noise (HyperCloning's default)
   cfg.speedup_step = 100                 # steps random init needs to reach LoGAH's loss at this step
   cfg.plots = True                       # write PNG plots (matplotlib Agg)
   return cfg

@@ -20,7 +20,7 @@ from configs import ghn as ghn_configs
 from hyperinit import models, spec
 from hyperinit.logah import ghn as ghn_lib, meta, noise as noise_lib, saving, tasks
 from hyperinit.train import ghn as train
-from hyperinit.studies import ghn_experiment as experiment
+from hyperinit.studies import ghn_experiment as experiment, ghn_finetune
 
 
 @pytest.fixture(scope='module')
@@ -79,6 +79,9 @@ def test_config_plumbing(data_dir):
     for t in tasks.targets(pool_cfg).values():
       assert t.num_layers > max(c.num_layers for c in pool), task
       assert t.embed_dim > max(c.embed_dim for c in pool), task
+      # The 'logah-clone' arm's source (1/clone_factor as wide) exists for every target.
+      assert ghn_finetune.source_config(t, exp.clone_factor).embed_dim * exp.clone_factor == (
+          t.embed_dim)
   with pytest.raises(ValueError, match='unknown ghn config'):
     ghn_configs.get_config('vit_huge')
   # config.tasks picks the pools a run handles (one process per task); a wrong name is refused
@@ -97,10 +100,11 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
     best = summary['best_random_lr'][task][target]
     assert best in (1e-3, 3e-4)
     # Random init at both LRs; each GHN at the best LR and a quarter of it; every seed; the
-    # GHN-3 start with noise 0.1 of the init std, LoGAH's without; LoGAH's ends ('logah-io').
+    # GHN-3 start with noise 0.1 of the init std, LoGAH's without; LoGAH's half-width prediction
+    # cloned 2x ('logah-clone'); LoGAH's ends ('logah-io').
     want = {('random', lr, 0.0) for lr in (1e-3, 3e-4)} | {
-        (d, best * m, n) for d, n in (('logah', 0.0), ('ghn3', 0.1), ('logah-io', 0.0))
-        for m in (1.0, 0.25)}
+        (d, best * m, n) for d, n in (('logah', 0.0), ('ghn3', 0.1), ('logah-clone', 0.0),
+                                      ('logah-io', 0.0)) for m in (1.0, 0.25)}
     for init, lr, noise in want:
       for seed in (0, 1):
         got = [r for r in runs if (r['task'], r['target'], r['init'], r['seed']) ==
@@ -108,11 +112,12 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
         assert len(got) == 1, (task, init, lr, seed)
         assert got[0]['steps'] == [0, 5, 12] and got[0]['noise'] == noise
         assert got[0].get('scope', 'all') == ('io' if init.endswith('-io') else 'all')
+        assert got[0].get('clone_factor', 0) == (2 if init.endswith('-clone') else 0)
         assert len(got[0]['loss']) == 3 and (task == 'gpt') != ('accuracy' in got[0])
-    assert len([r for r in runs if r['task'] == task]) == 8 * 2
-    # Spectra of each prediction; the speed-up entry of each LoGAH arm (full and io) and seed.
-    assert set(summary['spectra'][task][target]) == {'random', 'logah', 'ghn3'}
-    assert len(summary['speedup'][task][target]) == 4
+    assert len([r for r in runs if r['task'] == task]) == 10 * 2
+    # Spectra of each prediction; the speed-up entry of each LoGAH arm (full, clone, io) and seed.
+    assert set(summary['spectra'][task][target]) == {'random', 'logah', 'ghn3', 'logah-clone'}
+    assert len(summary['speedup'][task][target]) == 6
     assert all(len(v) == 2 for v in summary['speedup'][task][target].values())
     # The recipe records each task's GHN and meta-training settings.
     meta_rec = summary['recipe']['meta'][task]
@@ -122,7 +127,7 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
     table = open(os.path.join(workdir, 'results.md')).read()
     section = table.split(f'**{task}**')[1].split('**')[0]
     rows = [l for l in section.splitlines() if l.startswith('| ') and ' lr ' in l]
-    assert len(rows) == 8, section
+    assert len(rows) == 10, section
     for line in rows:
       assert line.count('±') == 3 and '—' not in line, line
     png = os.path.join(workdir, f'logah_experiment_{task}_{target}.png')
@@ -178,7 +183,6 @@ def test_speedup_and_best_lr_closed_form():
 
 
 def test_noise_is_a_fraction_of_each_leaf_init_std():
-  from hyperinit.studies import ghn_finetune  # pylint: disable=g-import-not-at-top
   target = models.get_config('gpt2-tiny')
   zeros = jax.tree.map(np.zeros_like, models.init_params(target, jax.random.key(0)))
   noisy = spec.flatten(noise_lib.add_noise(zeros, target, 0.5, jax.random.key(3)))

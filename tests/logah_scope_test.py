@@ -69,8 +69,15 @@ def test_io_start_shares_the_random_arms_blocks_of_the_same_seed():
 
 def test_experiment_arms():
   cfg = ghn_configs.get_config('experiment')
-  assert ghn_experiment.ghn_arms(cfg) == [('logah', 'logah', 'all'), ('ghn3', 'ghn3', 'all'),
-                                          ('logah-io', 'logah', 'io')]
+  assert ghn_experiment.ghn_arms(cfg) == [('logah', 'logah', 'all', 0), ('ghn3', 'ghn3', 'all', 0),
+                                          ('logah-clone', 'logah', 'all', 2),
+                                          ('logah-io', 'logah', 'io', 0)]
   cfg.io_decoders = ('hypernet',)
   with pytest.raises(ValueError, match=r"io_decoders names \['hypernet'\]"):
+    ghn_experiment.ghn_arms(cfg)
+  cfg.io_decoders, cfg.clone_decoders = (), ('gnn',)
+  with pytest.raises(ValueError, match=r"clone_decoders names \['gnn'\]"):
+    ghn_experiment.ghn_arms(cfg)
+  cfg.clone_decoders, cfg.clone_factor = ('ghn3',), 1
+  with pytest.raises(ValueError, match='clone_factor must be an integer >= 2, got 1'):
     ghn_experiment.ghn_arms(cfg)

@@ -12,6 +12,10 @@ and eval batches:
   - from each GHN's prediction (+ `config.noise[decoder]` x each leaf's init std
     of Gaussian noise) at random init's best LR (lowest mean eval loss at the
     last step) times each multiplier of `config.ghn_lr_mults`.
+  - for each decoder of `config.clone_decoders`, also as init '<decoder>-clone': its
+    prediction of the target at 1/`config.clone_factor` of the width, HyperCloned
+    to the target (`ghn_finetune.cloned_prediction`; symmetry-breaking noise at
+    `config.clone_snr_db`, seeded by the seed), with the same LRs and noise;
   - for each decoder of `config.io_decoders`, also as init '<decoder>-io': its
     prediction outside the blocks, the blocks at the random init of the same seed
     (`logah.scope`, scope 'io'), with the same LRs and noise.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -102,15 +106,33 @@ def train_ghns(config: Any, task: str, pool_cfg: Any, workdir: str, timing: dict
   return ghns, records
 
 
-def ghn_arms(config: Any) -> list[tuple[str, str, str]]:
-  """[(init name, decoder, scope)]: every decoder's full prediction ('logah', 'all'), then
-  '<decoder>-io' (scope 'io') for each of `config.io_decoders` (which must be decoders)."""
-  io = tuple(config.get('io_decoders', ()) or ())
-  unknown = sorted(set(io) - set(config.decoders))
-  if unknown:
-    raise ValueError(f'config.io_decoders names {unknown}, not among config.decoders '
-                     f'{list(config.decoders)}')
-  return ([(d, d, 'all') for d in config.decoders] + [(f'{d}-io', d, 'io') for d in io])
+class Arm(NamedTuple):
+  """A GHN start: `init` is its name in the runs; `scope` as in `ghn_finetune.start_params`;
+  clone_factor > 0: the decoder predicts the target at 1/clone_factor of its width and the
+  prediction is HyperCloned to the target (`ghn_finetune.cloned_prediction`)."""
+  init: str
+  decoder: str
+  scope: str = 'all'
+  clone_factor: int = 0
+
+
+def ghn_arms(config: Any) -> list[Arm]:
+  """Every decoder's full prediction ('logah'), then '<decoder>-clone' for each of
+  `config.clone_decoders` (factor `config.clone_factor`), then '<decoder>-io' (scope 'io') for
+  each of `config.io_decoders`; both lists must name decoders of `config.decoders`."""
+  extra = {}
+  for field in ('clone_decoders', 'io_decoders'):
+    extra[field] = tuple(config.get(field, ()) or ())
+    unknown = sorted(set(extra[field]) - set(config.decoders))
+    if unknown:
+      raise ValueError(f'config.{field} names {unknown}, not among config.decoders '
+                       f'{list(config.decoders)}')
+  factor = int(config.get('clone_factor', 2))
+  if extra['clone_decoders'] and factor < 2:
+    raise ValueError(f'config.clone_factor must be an integer >= 2, got {factor}')
+  return ([Arm(d, d) for d in config.decoders]
+          + [Arm(f'{d}-clone', d, clone_factor=factor) for d in extra['clone_decoders']]
+          + [Arm(f'{d}-io', d, 'io') for d in extra['io_decoders']])
 
 
 def best_lr(runs: list[dict[str, Any]], task: str, target: str, lrs: list[float]) -> float:
@@ -149,23 +171,33 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     min_dim = 2 * min(cfg.rank for cfg, _ in ghns.values()) if ghns else 1
     for tname, target in targets.items():
       predicted = ghn_finetune.predict_inits(target, ghns)
+      arms = ghn_arms(config)
+      snr = float(config.get('clone_snr_db', 10.0))
+      cloned = lambda arm, seed: ghn_finetune.cloned_prediction(*ghns[arm.decoder], target,
+                                                                arm.clone_factor, seed, snr)
       spectra[task][tname] = {'random': _spectrum(models.init_params(target, jax.random.key(0)), target,
                                                   min_dim)}
       spectra[task][tname].update({d: _spectrum(p, target, min_dim) for d, p in predicted.items()})
+      spectra[task][tname].update({a.init: _spectrum(cloned(a, 0), target, min_dim)
+                                   for a in arms if a.clone_factor})
       finetuners: dict[float, ghn_finetune.Finetuner] = {}
 
-      def finetune(init, lr, mult, noise, seed, decoder=None, scope='all'):
+      def finetune(init, lr, mult, noise, seed, arm=None):
         key = (task, tname, init, lr, seed)
         if key in done:
           return
         ft = finetuners.get(lr) or finetuners.setdefault(
             lr, ghn_finetune.Finetuner(pool_cfg.finetune, target, lr=lr))
-        start = ghn_finetune.start_params(target, seed, predicted.get(decoder), noise, scope)
+        scope = arm.scope if arm else 'all'
+        pred = None if arm is None else (cloned(arm, seed) if arm.clone_factor
+                                         else predicted[arm.decoder])
+        start = ghn_finetune.start_params(target, seed, pred, noise, scope)
         t0 = time.perf_counter()
         curve = ft.run(start, seed)
         timing[f'finetune/{task}/{tname}/{init}_lr{lr:g}_s{seed}'] = time.perf_counter() - t0
         row = {'task': task, 'target': tname, 'init': init, 'lr': lr, 'lr_mult': mult,
                'noise': noise, 'scope': scope, 'seed': seed, **_curve(curve),
+               **({'clone_factor': arm.clone_factor} if arm and arm.clone_factor else {}),
                'start_spectrum': _spectrum(start, target, min_dim)}
         runs.append(row)
         done.add(key)
@@ -176,11 +208,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for seed in seeds:
           finetune('random', lr, 1.0, 0.0, seed)
       best[task][tname] = best_lr(runs, task, tname, lrs)
-      for init, decoder, scope in ghn_arms(config):
-        noise = float(config.noise.get(decoder, 0.0))
+      for arm in arms:
+        noise = float(config.noise.get(arm.decoder, 0.0))
         for mult in (float(m) for m in config.ghn_lr_mults):
           for seed in seeds:
-            finetune(init, best[task][tname] * mult, mult, noise, seed, decoder, scope)
+            finetune(arm.init, best[task][tname] * mult, mult, noise, seed, arm)
       finetuners.clear()
       train.release_programs()     # the next target compiles its own
 
@@ -209,7 +241,10 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
                  'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
                  'noise': {k: float(v) for k, v in config.noise.items()},
                  'decoders': list(config.decoders),
-                 'io_decoders': [d for _, d, s in ghn_arms(config) if s == 'io'],
+                 'io_decoders': [a.decoder for a in ghn_arms(config) if a.scope == 'io'],
+                 'clone_decoders': [a.decoder for a in ghn_arms(config) if a.clone_factor],
+                 'clone_factor': int(config.get('clone_factor', 2)),
+                 'clone_snr_db': float(config.get('clone_snr_db', 10.0)),
                  # Each task's GHN and meta-training settings (decoder: per run, as 'decoders').
                  'meta': {t: {'num_steps': int(c.num_steps), 'ghn': c.ghn.to_dict(),
                               'meta': c.meta.to_dict()} for t, c in config.pools.items()}}}

@@ -2,6 +2,7 @@
 
     ft = Finetuner(config.finetune, target, lr=3e-4)    # the trainer's setup, built once per LR
     predicted = predict_inits(target, {'logah': (ghn_cfg, ghn_params)})   # {'logah': params}
+    cloned = cloned_prediction(ghn_cfg, ghn_params, target, factor=2, seed=0)  # predict at 1/2, clone 2x
     start = start_params(target, seed, predicted.get(init), noise=0.1)    # random init if None
     curve = ft.run(start, seed=0)
     # [{'step': 0, 'loss': 2.31, 'accuracy': 0.11}, {'step': 25, ...}, ...]
@@ -17,10 +18,16 @@ differs between runs (GHN starts are fine-tuned at a multiple of random init's
 LR, as GHN-3's recipe does), and predicted starts may get Gaussian noise of a
 given fraction of each weight leaf's own init std (`add_noise`): GHN-3's tiled
 predictions repeat channel blocks that deterministic training never separates.
+
+`cloned_prediction` is the other way to start a target wider than every pool
+member: predict it at 1/n of its width (where the GHN has seen widths), then
+HyperClone that prediction n times (`cloning.clone_model`), which widens it
+without changing its function (docs/logah.md, "Predict narrower, then HyperClone").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -28,7 +35,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from hyperinit import models, train
+from hyperinit import cloning, models, train
 from hyperinit.logah import ghn as ghn_lib
 from hyperinit.logah import scope as scope_lib
 from hyperinit.logah.noise import add_noise
@@ -116,6 +123,34 @@ def predict_inits(target: ModelConfig,
                   ghns: dict[str, tuple[ghn_lib.GHNConfig, dict]]) -> dict[str, Any]:
   """{name: GHN-predicted params of `target`} (deterministic: one prediction per GHN)."""
   return {name: ghn_lib.predict(cfg, params, target) for name, (cfg, params) in ghns.items()}
+
+
+def source_config(target: ModelConfig, n: int) -> ModelConfig:
+  """`target` with its embed, MLP and head widths divided by n (same depth, head count, vocab)."""
+  if n < 2:
+    raise ValueError(f'clone factor must be an integer >= 2, got {n!r}')
+  widths = {'embed': target.embed_dim, 'mlp': target.mlp_dim, 'head_dim': target.d_head}
+  bad = {k: v for k, v in widths.items() if v % n}
+  if bad:
+    raise ValueError(f'clone factor {n} must divide the target\'s widths {widths}; it does not '
+                     f'divide {bad}')
+  return dataclasses.replace(target, embed_dim=target.embed_dim // n, mlp_dim=target.mlp_dim // n,
+                             head_dim=None if target.head_dim is None else target.head_dim // n)
+
+
+def cloned_prediction(ghn_cfg: ghn_lib.GHNConfig, ghn_params: Any, target: ModelConfig,
+                      factor: int, seed: int, snr_db: float = 10.0) -> Any:
+  """The GHN's prediction of `source_config(target, factor)`, HyperCloned `factor` times along
+  embed / mlp / head_dim (noisy symmetric variant at `snr_db`, noise seeded by `seed`) to
+  `target`'s params (same tree and shapes as `models.init_params(target, ...)`)."""
+  src = source_config(target, factor)
+  params, dst = cloning.clone_model(ghn_lib.predict(ghn_cfg, ghn_params, src), src,
+                                    {'embed': factor, 'mlp': factor, 'head_dim': factor},
+                                    rng=jax.random.key(seed), snr_db=snr_db)
+  if dataclasses.replace(dst, head_dim=target.head_dim) != target or (
+      dst.d_head != target.d_head):
+    raise ValueError(f'cloning {src} {factor}x gave {dst}, not the target {target}')
+  return params
 
 
 def start_params(target: ModelConfig, seed: int, predicted: Any = None,

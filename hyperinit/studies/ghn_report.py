@@ -21,9 +21,10 @@ import numpy as np
 from hyperinit.studies import plots
 
 COLORS = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange',
-          'logah-io': 'tab:green', 'ghn3-io': 'tab:red'}
-# Arms whose speed-up over random init the report gives (LoGAH, full and 'io' scope).
-SPEEDUP_INITS = ('logah', 'logah-io')
+          'logah-io': 'tab:green', 'ghn3-io': 'tab:red', 'logah-clone': 'tab:purple',
+          'ghn3-clone': 'tab:brown'}
+# Arms whose speed-up over random init the report gives (LoGAH: full, cloned, 'io' scope).
+SPEEDUP_INITS = ('logah', 'logah-clone', 'logah-io')
 
 
 def arm_name(run: dict[str, Any]) -> str:
