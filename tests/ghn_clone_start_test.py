@@ -50,8 +50,9 @@ def test_clone_has_the_targets_shapes_and_the_narrow_predictions_function(ghn, t
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   direct = np.asarray(models.apply_fn(target)(ghn_lib.predict(cfg, params, target), x))
   assert np.abs(direct - want).max() > 1e-2
-  # The seed drives only the clone's symmetry-breaking noise: other params, same function.
-  other = ghn_finetune.cloned_prediction(cfg, params, target, 2, seed=1)
+  # The seed and snr drive only the clone's zero-sum symmetry-breaking noise: other params, the
+  # same function, also at the experiment's -10 dB (noise ~3x the weights).
+  other = ghn_finetune.cloned_prediction(cfg, params, target, 2, seed=1, snr_db=-10.0)
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), out, other))
   assert max(diffs) > 0
   np.testing.assert_allclose(np.asarray(models.apply_fn(target)(other, x)), want, rtol=1e-4,
