@@ -123,6 +123,8 @@ def test_smoke_experiment_writes_every_run_table_and_plot(smoke_run, data_dir):
     meta_rec = summary['recipe']['meta'][task]
     assert meta_rec['num_steps'] == cfg.pools[task].num_steps
     assert meta_rec['meta']['permute_channels'] == 0 and meta_rec['ghn']['rank'] == 4
+    assert (summary['recipe']['clone_decoders'], summary['recipe']['clone_factor'],
+            summary['recipe']['clone_snr_db']) == (['logah'], 2, cfg.clone_snr_db)
     # Every arm has a number in every column of the table.
     table = open(os.path.join(workdir, 'results.md')).read()
     section = table.split(f'**{task}**')[1].split('**')[0]
