@@ -29,7 +29,7 @@ import json
 from absl import app, flags
 import jax
 
-from configs import ghn as ghn_configs
+from benchmarks import _ghn_probe
 from hyperinit import _io, models
 from hyperinit.logah import ghn as ghn_lib, saving, tasks
 from hyperinit.studies import ghn_finetune
@@ -50,12 +50,8 @@ _OUT = flags.DEFINE_string('out', None, 'also write the rows here (JSON, atomica
 
 def main(argv):
   del argv
-  cfg = ghn_configs.get_config(f'{_TASK.value}_local')
+  cfg = _ghn_probe.finetune_config(_TASK.value, _STEPS.value, ','.join(_TARGETS.value or ()))
   f = cfg.finetune
-  if _TARGETS.value:
-    f.targets = ','.join(_TARGETS.value)
-  f.num_train_steps, f.eval_every = _STEPS.value, 0
-  f.eval_at = tuple(sorted({0, min(25, _STEPS.value), min(100, _STEPS.value), _STEPS.value}))
   gcfg, gparams = saving.load_ghn(_GHN_DIR.value)
   print(f'GHN {_GHN_DIR.value} ({gcfg.decoder}); factor {_FACTOR.value}; '
         f'{_STEPS.value} steps at lr {_LR.value:g}')
@@ -81,9 +77,8 @@ def main(argv):
                     'loss': [float(r['loss']) for r in rows]}
                    | ({'accuracy': [float(r['accuracy']) for r in rows]}
                       if _TASK.value == 'vit' else {}))
-        cells = '  '.join(f"step {r['step']}: {r['loss']:.3f}" + (
-            f" ({100 * r['accuracy']:.1f}%)" if _TASK.value == 'vit' else '') for r in rows)
-        print(f'{name}  seed {seed}  {start:<9} {cells}', flush=True)
+        curve = _ghn_probe.format_curve(rows, accuracy=_TASK.value == 'vit')
+        print(f'{name}  seed {seed}  {start:<9} {curve}', flush=True)
   if _OUT.value:
     _io.atomic_write(_OUT.value, json.dumps({'ghn_dir': _GHN_DIR.value, 'rows': out}, indent=1))
 

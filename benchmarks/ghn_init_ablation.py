@@ -35,7 +35,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from configs import ghn as ghn_configs
+from benchmarks import _ghn_probe
 from hyperinit import models, spec as spec_lib
 from hyperinit.interop import convert
 from hyperinit.logah import saving, scope, tasks
@@ -132,12 +132,9 @@ def residual_stats(target, params: dict, batch: dict) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  cfg = ghn_configs.get_config(f'{_TASK.value}_local')
   name = _TARGET.value or ('L5-D96-H4-P2' if _TASK.value == 'vit' else 'L5-D96-H4')
+  cfg = _ghn_probe.finetune_config(_TASK.value, _STEPS.value, name)
   f = cfg.finetune
-  f.targets, f.num_train_steps = name, _STEPS.value
-  f.eval_at, f.eval_every = tuple(sorted({0, min(25, _STEPS.value), min(100, _STEPS.value),
-                                          _STEPS.value})), 0
   target = tasks.targets(cfg)[name]
   gcfg, gparams = saving.load_ghn(_GHN_DIR.value)
   pred = {p: np.asarray(v) for p, v in spec_lib.flatten(
@@ -156,10 +153,8 @@ def main(argv):
       params = every[arm]
       share, rms = residual_stats(target, params, probe)
       rows = ft.run(spec_lib.unflatten(params), seed)
-      cells = '  '.join(f"step {r['step']}: {r['loss']:.3f}" + (
-          f" ({100 * r['accuracy']:.1f}%)" if 'accuracy' in r and _TASK.value == 'vit' else '')
-                        for r in rows)
-      print(f'seed {seed}  {arm:<17} {cells}   | last block: shared {share:.2f}, rms {rms:.2f}',
+      curve = _ghn_probe.format_curve(rows, accuracy=_TASK.value == 'vit')
+      print(f'seed {seed}  {arm:<17} {curve}   | last block: shared {share:.2f}, rms {rms:.2f}',
             flush=True)
 
 

@@ -156,6 +156,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   save_timing = lambda: _io.atomic_write(timing_path, json.dumps(timing, indent=1, sort_keys=True))
   done = {(r['task'], r['target'], r['init'], r['lr'], r['seed']) for r in runs}
   meta_records, spectra, best, names = {}, {}, {}, {}
+  arms = ghn_arms(config)          # checks the arm settings before any GHN is meta-trained
+  snr = float(config.get('clone_snr_db', 10.0))
 
   selected = [t.strip() for t in str(config.get('tasks') or ','.join(config.pools)).split(',')
               if t.strip()]
@@ -171,8 +173,6 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     min_dim = 2 * min(cfg.rank for cfg, _ in ghns.values()) if ghns else 1
     for tname, target in targets.items():
       predicted = ghn_finetune.predict_inits(target, ghns)
-      arms = ghn_arms(config)
-      snr = float(config.get('clone_snr_db', 10.0))
       cloned = lambda arm, seed: ghn_finetune.cloned_prediction(*ghns[arm.decoder], target,
                                                                 arm.clone_factor, seed, snr)
       spectra[task][tname] = {'random': _spectrum(models.init_params(target, jax.random.key(0)), target,
@@ -231,6 +231,7 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
   {target: {metric: {arm: {step: {wins, seeds, diffs}}}}}} (`ghn_report.seedwise`), 'meta_training'
   {task: {decoder: {steps, wall_s, first_eval, last_eval, curve}}}, 'timing', 'recipe'}."""
   first = next(iter(config.pools.values())).finetune
+  arms = ghn_arms(config)
   summary = {
       'seeds': [int(s) for s in config.seeds], 'ghn_seed': int(config.ghn_seed),
       'table_steps': sorted({0, int(first.num_train_steps), *(int(s) for s in first.eval_at)}),
@@ -241,8 +242,8 @@ def summarize(config: Any, runs, names, best, spectra, meta_records, timing) -> 
                  'ghn_lr_mults': [float(x) for x in config.ghn_lr_mults],
                  'noise': {k: float(v) for k, v in config.noise.items()},
                  'decoders': list(config.decoders),
-                 'io_decoders': [a.decoder for a in ghn_arms(config) if a.scope == 'io'],
-                 'clone_decoders': [a.decoder for a in ghn_arms(config) if a.clone_factor],
+                 'io_decoders': [a.decoder for a in arms if a.scope == 'io'],
+                 'clone_decoders': [a.decoder for a in arms if a.clone_factor],
                  'clone_factor': int(config.get('clone_factor', 2)),
                  'clone_snr_db': float(config.get('clone_snr_db', 10.0)),
                  # Each task's GHN and meta-training settings (decoder: per run, as 'decoders').
