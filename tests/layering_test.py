@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / 'hyperinit'
 # The layer order the README's layout section states.
 LAYERS = {
-    'core': ('spec', 'models', 'interop', 'sharding', 'data', 'checkpoint'),
+    'core': ('spec', 'user_model', 'errors', 'models', 'interop', 'sharding', 'data',
+             'checkpoint'),
     'methods': ('cloning', 'mup', 'logah'),
     'train': ('train',),
     'studies': ('studies',),

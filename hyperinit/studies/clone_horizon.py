@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+from hyperinit import errors
 from hyperinit.studies import clone_experiment as experiment
 from hyperinit.studies import clone_horizon_report as report
 from hyperinit.studies import clone_report
@@ -45,10 +46,14 @@ def parse_overrides(text: str) -> dict[str, Any]:
 def _set(config: Any, key: str, value: Any) -> None:
   *parents, leaf = key.split('.')
   node = config
-  for p in parents:
-    node = node[p]
+  for name in parents:
+    if name not in node:
+      raise errors.UnknownKeyError(f'target override {key!r}: the trainer config has no field '
+                                   f'{name!r}')
+    node = node[name]
   if leaf not in node:
-    raise KeyError(f'target override {key!r}: the trainer config has no field {leaf!r}')
+    raise errors.UnknownKeyError(f'target override {key!r}: the trainer config has no field '
+                                 f'{leaf!r}')
   node[leaf] = value
 
 
