@@ -59,7 +59,7 @@ def main(argv):
       files = interop.save_hf(out, cfg, params, max_shard_size=_SHARD.value)
       t_save = time.perf_counter() - t
       t = time.perf_counter()
-      cfg2, back = interop.load_hf(out)
+      back, cfg2 = interop.load_hf(out)
       t_load = time.perf_counter() - t
       err = hf_error(out, cfg2, back)
     shards = sum(f.endswith('.safetensors') for f in files)

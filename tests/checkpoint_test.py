@@ -84,12 +84,12 @@ def iter_after_6(config, s):
 
 def test_load_params_rebuilds_the_model(fsdp_run):
   workdir, out = fsdp_run
-  cfg, params = checkpoint.load_params(os.path.join(workdir, 'checkpoints', '6'))
+  params, cfg = checkpoint.load_params(os.path.join(workdir, 'checkpoints', '6'))
   assert cfg == models.get_config('gpt2-tiny')
   # Bit for bit the params the run ended with (step 6), on the host.
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(out['state'].params))
   # A step directory picks its own step; the params there are step 3's, not the latest.
-  _, params3 = checkpoint.load_params(os.path.join(workdir, 'checkpoints', '3'))
+  params3, _ = checkpoint.load_params(os.path.join(workdir, 'checkpoints', '3'))
   assert jax.tree.structure(params3) == jax.tree.structure(params)
   kernel = ('block_0', 'mlp', 'wi', 'kernel')
   get = lambda t: np.asarray(t[kernel[0]][kernel[1]][kernel[2]][kernel[3]])

@@ -150,7 +150,7 @@ def test_hf_refusal_names_the_reason_and_suggests_orbax(tmp_path):
   assert not os.path.exists(tmp_path / 'dst')
   # the same clone as orbax is accepted and runs (our model implements rope_tile)
   run_cli(*args, '--format=orbax')
-  cfg, params = checkpoint.load_params(tmp_path / 'dst')
+  params, cfg = checkpoint.load_params(tmp_path / 'dst')
   assert cfg.rope_tile == 2 and cfg.d_head == 16 and cfg.family == 'llama'
   ref = _logits(torch, src)
   ours = np.asarray(models.apply_fn(cfg)(params, TOKENS), np.float64)
@@ -177,7 +177,7 @@ def source_run(tmp_path_factory):
 def test_trainer_checkpoint_clone_orbax_init_from_trains(source_run, tmp_path):
   dst = str(tmp_path / 'clone')
   run_cli(f'--src={source_run}', f'--dst={dst}', '--factor=2')   # default format: as the source
-  cfg, params = checkpoint.load_params(dst)
+  params, cfg = checkpoint.load_params(dst)
   assert (cfg.embed_dim, cfg.num_heads, cfg.mlp_dim) == (128, 8, 512)
   meta = checkpoint.Checkpointer(dst, read_only=True).meta()
   assert meta['clone']['variant'] == 'noisy_symmetric' and meta['clone']['source_step'] == 8
@@ -198,7 +198,7 @@ def test_trainer_checkpoint_clone_orbax_init_from_trains(source_run, tmp_path):
   run_evals = [r for r in metrics.read_jsonl(str(tmp_path / 'run')) if r['split'] == 'eval']
   assert run_evals[0]['step'] == 0
   assert run_evals[0]['loss'] == pytest.approx(src_evals[-1]['loss'], rel=1e-5)
-  _, after = checkpoint.load_params(str(tmp_path / 'run'))
+  after, _ = checkpoint.load_params(str(tmp_path / 'run'))
   deltas = np.concatenate([np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
                            for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(params))])
   assert deltas.max() <= lr * (1 + 1e-3)   # + float32 rounding of params near 1 (~1e-7)

@@ -135,11 +135,23 @@ def test_missing_shard(tmp_path):
 ])
 def test_unexportable_configs_name_the_field(tmp_path, preset, kw, field):
   cfg = models.get_config(preset, **kw)
+  assert interop.is_exportable(cfg) is False  # a predicate: bool, never raises
   with pytest.raises(ValueError, match=f'cannot be exported.*{field}'.replace('(', r'\(')):
-    interop.check_exportable(cfg)
+    interop.require_exportable(cfg)
+  with pytest.warns(DeprecationWarning, match='require_exportable'):
+    with pytest.raises(ValueError, match='cannot be exported'):
+      interop.check_exportable(cfg)  # the old name still raises, with a deprecation warning
   with pytest.raises(ValueError, match='cannot be exported'):
     interop.save_hf(tmp_path / 'out', cfg, random_params(cfg))
   assert os.listdir(tmp_path) == []  # nothing written, not even a temp dir
+
+
+@pytest.mark.parametrize('preset', ['gpt2-tiny', 'llama-gqa-tiny', 'vit-tiny'])
+def test_exportable_predicate_is_bool(preset):
+  cfg = models.get_config(preset)
+  assert interop.is_exportable(cfg) is True
+  assert interop.require_exportable(cfg) is None
+  assert interop.exportable_problems(cfg) == []
 
 
 def test_export_checks_param_shapes(tmp_path):
@@ -174,10 +186,10 @@ def test_atomic_write_and_overwrite(tmp_path, monkeypatch):
     interop.save_hf(out, cfg, p1, overwrite=True, max_shard_size='10KB')
   monkeypatch.undo()
   assert sorted(os.listdir(tmp_path)) == ['out']
-  _, back = interop.load_hf(out)
+  back, _ = interop.load_hf(out)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, p0))
   interop.save_hf(out, cfg, p1, overwrite=True)
-  _, back = interop.load_hf(out)
+  back, _ = interop.load_hf(out)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, p1))
   assert sorted(os.listdir(tmp_path)) == ['out']
   (tmp_path / 'empty').mkdir()

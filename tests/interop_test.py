@@ -102,7 +102,7 @@ def test_import_matches_transformers(name, tmp_path):
   model = _hf_model(T, name)
   randomize_torch(torch, model)
   model.save_pretrained(tmp_path)  # safetensors
-  cfg, params = interop.load_hf(tmp_path)
+  params, cfg = interop.load_hf(tmp_path)
   assert cfg.param_dtype == 'float32'
   _assert_close(_ours(cfg, params), _theirs(torch, model, name == 'vit'))
 
@@ -111,7 +111,7 @@ def test_import_reads_the_config_fields(tmp_path):
   torch, T = require_hf()
   model = _hf_model(T, 'llama-gqa-untied-headdim')
   model.save_pretrained(tmp_path)
-  cfg, _ = interop.load_hf(tmp_path)
+  _, cfg = interop.load_hf(tmp_path)
   assert (cfg.family, cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta, cfg.norm_eps,
           cfg.tie_embeddings, cfg.vocab_size) == ('llama', 2, 16, 5e5, 1e-5, False, 101)
 
@@ -125,10 +125,10 @@ def test_half_precision_checkpoint_import(dtype, tmp_path):
   # Reference: transformers itself, upcasting the half-precision checkpoint to fp32.
   ref = T.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
                                                attn_implementation='eager')
-  cfg, params = interop.load_hf(tmp_path)
+  params, cfg = interop.load_hf(tmp_path)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
   _assert_close(_ours(cfg, params), _theirs(torch, ref))
-  cfg16, p16 = interop.load_hf(tmp_path, param_dtype=dtype)
+  p16, cfg16 = interop.load_hf(tmp_path, param_dtype=dtype)
   assert cfg16.param_dtype == dtype
   assert all(x.dtype == jax.numpy.dtype(dtype) for x in jax.tree.leaves(p16))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.astype(np.float32), b), p16, params)
@@ -195,7 +195,7 @@ def test_sharded_export_and_import(tmp_path):
   assert sorted(set(index['weight_map'].values())) == shards
   model = _from_pretrained(T, torch, tmp_path / 'out', False)
   _assert_close(_ours(cfg, params), _theirs(torch, model))
-  cfg2, back = interop.load_hf(tmp_path / 'out')
+  back, cfg2 = interop.load_hf(tmp_path / 'out')
   assert cfg2 == cfg.replace(init='normal')  # init is a training choice, not exported
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 
@@ -210,7 +210,7 @@ def test_half_precision_export_is_read_by_transformers(dtype, tmp_path):
   model = _from_pretrained(T, torch, tmp_path / 'out', False)  # upcast to fp32 by transformers
   rounded = jax.tree.map(lambda x: x.astype(jax.numpy.dtype(dtype)).astype(np.float32), params)
   _assert_close(_ours(cfg, rounded), _theirs(torch, model))
-  cfg16, p16 = interop.load_hf(tmp_path / 'out', param_dtype=dtype)
+  p16, cfg16 = interop.load_hf(tmp_path / 'out', param_dtype=dtype)
   assert cfg16 == cfg.replace(param_dtype=dtype, init='normal')
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.astype(np.float32), b), p16, rounded)
 
@@ -223,10 +223,10 @@ def test_scanned_layout_round_trip(tmp_path):
   params = interop.stack_layers(flat, cfg.num_layers)
   assert params['blocks']['attn']['query']['kernel'].shape == (2, 32, 4, 16)
   interop.save_hf(tmp_path / 'out', cfg, params)
-  cfg2, back = interop.load_hf(tmp_path / 'out', scan_layers=True)
+  back, cfg2 = interop.load_hf(tmp_path / 'out', scan_layers=True)
   assert cfg2 == cfg.replace(init='normal')
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
-  _, unscanned = interop.load_hf(tmp_path / 'out')
+  unscanned, _ = interop.load_hf(tmp_path / 'out')
   jax.tree.map(np.testing.assert_array_equal, unscanned,
                interop.unstack_layers(back, cfg.num_layers))
 
@@ -241,7 +241,7 @@ def test_legacy_names_and_buffers_are_accepted(tmp_path):
   t = {k.removeprefix('transformer.'): v for k, v in t.items()}
   t['h.0.attn.bias'] = np.ones((1, 1, 32, 32), np.float32)
   save_file(t, f, metadata={'format': 'pt'})
-  _, back = interop.load_hf(tmp_path / 'ck')
+  back, _ = interop.load_hf(tmp_path / 'ck')
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 
 
@@ -264,7 +264,7 @@ def test_vit_state_dict_names_are_accepted(tmp_path):
   assert 'vit.layers.1.mlp.fc2.weight' in t
   t['vit.pooler.dense.weight'] = np.zeros((32, 32), np.float32)
   save_file(t, f, metadata={'format': 'pt'})
-  _, back = interop.load_hf(tmp_path / 'ck')
+  back, _ = interop.load_hf(tmp_path / 'ck')
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 
 

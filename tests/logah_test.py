@@ -326,7 +326,7 @@ def test_save_and_load_round_trip(small_params, tmp_path):
   target = models.get_config('gpt2-tiny')
   predicted = ghn_lib.predict(cfg, params, target)
   checkpoint.save_model(str(tmp_path / 'pred'), target, predicted)
-  back_cfg, back = checkpoint.load_params(str(tmp_path / 'pred'))
+  back, back_cfg = checkpoint.load_params(str(tmp_path / 'pred'))
   assert back_cfg == target
   np.testing.assert_array_equal(back['block_1']['mlp']['wo']['kernel'],
                                 predicted['block_1']['mlp']['wo']['kernel'])

@@ -84,7 +84,7 @@ def test_two_processes_fsdp_checkpoint_restore_equals_single_process(tmp_path):
   config.num_train_steps = 10
   ref = loop.train_and_evaluate(config, str(tmp_path / 'ref'))
 
-  _, params = checkpoint.load_params(workdir, step=10)   # written by 2 processes, read by 1
+  params, _ = checkpoint.load_params(workdir, step=10)   # written by 2 processes, read by 1
   # atol: key biases have a zero true gradient and follow float noise through Adam.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                jax.device_get(params), jax.device_get(ref['state'].params))

@@ -52,7 +52,7 @@ def test_mup_run_trains_and_checkpoint_round_trips_multipliers(tmp_path):
   assert evals[0] == pytest.approx(math.log(256), abs=1e-5)
   assert evals[-1] < evals[0] - 0.3, evals           # it trains
   # the checkpoint's model computes with muP's forward multipliers ...
-  saved_cfg, params = checkpoint.load_params(workdir)
+  params, saved_cfg = checkpoint.load_params(workdir)
   assert (saved_cfg.logits_mult, saved_cfg.attn_scale, saved_cfg.attn_mult) == (0.5, 'linear', 4.0)
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(out['state'].params))
   # ... and carries the multipliers (closed forms for width 128 against base 64)
@@ -140,7 +140,7 @@ def test_init_from_clone_continues_under_mup_with_source_as_base(tmp_path):
   cfg.mup.enabled, cfg.mup.base.name = True, str(tmp_path / 'src')
   dst = str(tmp_path / 'dst')
   out = loop.train_and_evaluate(cfg, dst)
-  run_cfg, run_params = checkpoint.load_params(dst)
+  run_params, run_cfg = checkpoint.load_params(dst)
   # muP against the source: logits x 1/2 (the tied table is 2x wider); 1/d attention = 1/sqrt(16)
   assert run_cfg.logits_mult == 0.5 and run_cfg.attn_scale == 'linear' and run_cfg.attn_mult == 4.0
   assert dict(mup_train.load_multipliers(dst).axis_mults) == {'embed': 2.0, 'heads': 2.0,

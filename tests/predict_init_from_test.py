@@ -35,7 +35,7 @@ def _run(*args):
 def test_predict_then_train_init_from_starts_from_the_prediction(tmp_path):
   out = str(tmp_path / 'pred')
   _run('experiments.predict', '--target=gpt2-tiny', f'--out={out}', '--seed=3')
-  cfg, params = checkpoint.load_params(out)
+  params, cfg = checkpoint.load_params(out)
   assert cfg == models.get_config('gpt2-tiny')
   # the file holds exactly what the GHN predicts (same untrained GHN: seed 3)
   ghn_cfg = ghn_lib.GHNConfig()
@@ -78,6 +78,6 @@ def test_predict_hf_format_loads_in_transformers(tmp_path):
   # The same tolerance as the interop tests: 1e-4 of max |logit| (fp32).
   assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
   # and checkpoint.load_params reads the HF directory back bit for bit
-  cfg2, back = checkpoint.load_params(out)
+  back, cfg2 = checkpoint.load_params(out)
   assert cfg2.embed_dim == cfg.embed_dim
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(back), jax.device_get(want))

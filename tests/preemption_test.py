@@ -74,7 +74,7 @@ def _interrupt(workdir, env, sig, after_step, need_checkpoint=None):
 
 
 def _final(workdir):
-  cfg, params = checkpoint.load_params(workdir, step=STEPS)
+  params, cfg = checkpoint.load_params(workdir, step=STEPS)
   del cfg
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]

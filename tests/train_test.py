@@ -163,7 +163,7 @@ def test_train_and_evaluate_lm(lm_run):
   assert math.isclose(evals[-1]['perplexity'], math.exp(evals[-1]['loss']), rel_tol=1e-5)
   assert glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents.*'))
   # the checkpoint carries the model config: the model can be rebuilt from it alone
-  cfg, params = checkpoint.load_params(workdir)
+  params, cfg = checkpoint.load_params(workdir)
   assert cfg == models.get_config('gpt2-tiny')
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(out['state'].params))
   # rerunning the same command resumes (and has nothing left to do)
@@ -223,7 +223,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop.train_and_evaluate(cfg, str(tmp_path), train_loader=loader)
   ck = checkpoint.Checkpointer(os.path.join(tmp_path, 'checkpoints'), read_only=True)
   assert ck.all_steps() == [3, 6]
-  _, params = checkpoint.load_params(str(tmp_path))
+  params, _ = checkpoint.load_params(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

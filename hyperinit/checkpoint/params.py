@@ -118,8 +118,8 @@ def restore_params(path: str | os.PathLike, shapes: Any, step: int | None = None
 
 
 def load_params(path: str | os.PathLike, step: int | None = None,
-                shardings: Any = None) -> tuple[models.ModelConfig, Any]:
-  """(model config, params) from any params source.
+                shardings: Any = None) -> tuple[Any, models.ModelConfig]:
+  """(params, model config) from any params source.
 
   Args:
     path: a trainer workdir, its `checkpoints/` dir, one step dir, a params
@@ -131,17 +131,19 @@ def load_params(path: str | os.PathLike, step: int | None = None,
       local device), or a callable `(cfg) -> shardings`.
 
   Returns:
-    (cfg, params): `models.build(cfg).apply({'params': params}, x)` works.
+    (params, cfg), the order every hyperinit loader and transform returns:
+    `models.build(cfg).apply({'params': params}, x)` works.
   """
   cfg = read_model_config(path, step)
   if callable(shardings):
     shardings = shardings(cfg)
   shapes = models.param_shapes(cfg)
   if not is_hf_dir(path):
-    return cfg, restore_params(path, shapes, step, shardings)
+    return restore_params(path, shapes, step, shardings), cfg
   if step is not None:
     raise ValueError(f'step={step} applies to our checkpoints; {path} is a Hugging Face directory')
-  _, hf_params = interop.load_hf(path)
+  hf_params, _ = interop.load_hf(path)
   targets = _targets(shapes, shardings)
-  return cfg, jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
-                           hf_params, targets)
+  params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+                        hf_params, targets)
+  return params, cfg

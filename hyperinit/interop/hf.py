@@ -1,6 +1,6 @@
 """Hugging Face checkpoint directories <-> (hyperinit config, params), without torch.
 
-    cfg, params = interop.load_hf('ckpt/pythia-70m')              # fp32 NumPy params
+    params, cfg = interop.load_hf('ckpt/pythia-70m')              # fp32 NumPy params
     logits = models.apply_fn(cfg)(params, tokens)
     interop.save_hf('out/my-model', cfg, params, max_shard_size='2GB')
     # transformers.AutoModelForCausalLM.from_pretrained('out/my-model') loads it.
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -44,8 +45,11 @@ def config_from_hf(d: Mapping[str, Any], param_dtype: str = 'float32') -> ModelC
   return FAMILIES[model_type].from_hf(d).replace(param_dtype=_dtype_name(param_dtype))
 
 
-def check_exportable(cfg: ModelConfig, family: str | None = None) -> Family:
-  """Raises ValueError naming every config field the HF family cannot express."""
+def exportable_problems(cfg: ModelConfig, family: str | None = None) -> list[str]:
+  """Every config field the HF family cannot express, as 'field=value (needs ...)' (empty: none).
+
+  Raises ValueError only for an unknown `family` (or a config no family takes).
+  """
   fam = family_for(cfg, family)
   bad = []
   for field, allowed in {**COMMON_FIXED, **fam.fixed}.items():
@@ -59,10 +63,33 @@ def check_exportable(cfg: ModelConfig, family: str | None = None) -> Family:
       ok, want = value in allowed, ' or '.join(repr(a) for a in allowed)
     if not ok:
       bad.append(f'{field}={value!r} (needs {want})')
+  return bad
+
+
+def is_exportable(cfg: ModelConfig, family: str | None = None) -> bool:
+  """Whether `save_hf` can write `cfg` as the Hugging Face family (default: cfg's own)."""
+  return not exportable_problems(cfg, family)
+
+
+def require_exportable(cfg: ModelConfig, family: str | None = None) -> None:
+  """Raises ValueError naming every config field the HF family cannot express."""
+  _exportable_family(cfg, family)
+
+
+def _exportable_family(cfg: ModelConfig, family: str | None) -> Family:
+  bad = exportable_problems(cfg, family)
+  fam = family_for(cfg, family)
   if bad:
     raise ValueError(f'config cannot be exported as Hugging Face {fam.architecture}: '
                      + '; '.join(bad))
   return fam
+
+
+def check_exportable(cfg: ModelConfig, family: str | None = None) -> None:
+  """Deprecated: `require_exportable` (raises) or `is_exportable` (bool)."""
+  warnings.warn('interop.check_exportable is deprecated: use interop.require_exportable (raises) '
+                'or interop.is_exportable (returns bool)', DeprecationWarning, stacklevel=2)
+  require_exportable(cfg, family)
 
 
 # transformers' default special-token ids per model_type; a small vocabulary (our byte-level
@@ -78,8 +105,8 @@ _DEFAULT_TOKEN_IDS = {
 
 def hf_config(cfg: ModelConfig, family: str | None = None, dtype: str | None = None,
               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The config.json dict transformers 5 reads for this config (after `check_exportable`)."""
-  fam = check_exportable(cfg, family)
+  """The config.json dict transformers 5 reads for this config (after `require_exportable`)."""
+  fam = _exportable_family(cfg, family)
   d = dict(model_type=fam.model_type, architectures=[fam.architecture],
            dtype=_dtype_name(dtype or cfg.param_dtype), **fam.to_hf(cfg))
   if not isinstance(cfg, ViTConfig):
@@ -132,7 +159,7 @@ def _limit(items: list[str], n: int = 8) -> str:
 
 
 def load_hf(path: str | os.PathLike, param_dtype: str = 'float32', *,
-            scan_layers: bool = False) -> tuple[ModelConfig, dict[str, Any]]:
+            scan_layers: bool = False) -> tuple[dict[str, Any], ModelConfig]:
   """Imports a Hugging Face checkpoint directory.
 
   Args:
@@ -144,9 +171,10 @@ def load_hf(path: str | os.PathLike, param_dtype: str = 'float32', *,
       layers axis) and `cfg.scan_layers=True`.
 
   Returns:
-    (cfg, params): a TransformerConfig or ViTConfig and a nested dict of host
-    NumPy arrays shaped as `models.param_shapes(cfg)`, e.g. a Llama q_proj
-    weight (H*Dh, D) becomes block_i/attn/query/kernel (D, H, Dh).
+    (params, cfg), the order every hyperinit loader and transform returns: a
+    nested dict of host NumPy arrays shaped as `models.param_shapes(cfg)` (e.g. a
+    Llama q_proj weight (H*Dh, D) becomes block_i/attn/query/kernel (D, H, Dh))
+    and a TransformerConfig or ViTConfig.
 
   Raises:
     FileNotFoundError: missing directory, config.json or weights file.
@@ -186,7 +214,7 @@ def load_hf(path: str | os.PathLike, param_dtype: str = 'float32', *,
   params = spec_lib.unflatten(flat)
   if scan_layers:
     params, cfg = convert.stack_layers(params, cfg.num_layers), cfg.replace(scan_layers=True)
-  return cfg, params
+  return params, cfg
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -232,7 +260,7 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Mapping[str, Any]
       or a param leaf is missing / extra / misshapen.
     FileExistsError: `path` exists, is not empty and overwrite=False.
   """
-  fam = check_exportable(cfg, family)
+  fam = _exportable_family(cfg, family)
   copies = {os.path.basename(os.fspath(f)): os.fspath(f) for f in copy_files}
   for name, f in copies.items():
     if name in (CONFIG, WEIGHTS, INDEX) or name.endswith('.safetensors'):

@@ -94,12 +94,12 @@ def load_source(path: str, step: int | None = None) -> Source:
                        'directory')
     d = interop.read_config(path)
     stored = next((d[k] for k in _HF_DTYPE_KEYS if isinstance(d.get(k), str)), 'float32')
-    cfg, params = ckpt_lib.load_params(path)
+    params, cfg = ckpt_lib.load_params(path)
     return Source(cfg, params, 'hf', path, None,
                   stored if stored in ('float32', 'bfloat16', 'float16') else 'float32')
   if step is None:
     step = int(ckpt_lib.read_meta(path)['step'])
-  cfg, params = ckpt_lib.load_params(path, step=step)
+  params, cfg = ckpt_lib.load_params(path, step=step)
   return Source(cfg, params, 'orbax', path, step)
 
 
@@ -202,7 +202,7 @@ def hf_refusal(dst_cfg: models.ModelConfig) -> str | None:
   """Why the clone cannot be written as a Hugging Face directory (None: it can)."""
   reasons = list(config_lib.nonstandard_reasons(dst_cfg))
   try:
-    interop.check_exportable(dst_cfg)
+    interop.require_exportable(dst_cfg)
   except ValueError as e:
     reasons.append(str(e))
   if not reasons:

@@ -185,7 +185,7 @@ def train_source(config: Any, workdir: str, seed: int,
   wall = _train('source', src_conf, workdir)
   steps = int(src_conf.num_train_steps)
   rec = _record('source', 'source', seed, '', 0.0, workdir, steps, wall)
-  src_cfg, src_params = ckpt_lib.load_params(workdir)
+  src_params, src_cfg = ckpt_lib.load_params(workdir)
   return cli.Source(src_cfg, src_params, 'orbax', workdir, steps), rec
 
 

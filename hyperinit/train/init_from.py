@@ -53,7 +53,7 @@ def load_init_params(path: str, model_cfg: models.ModelConfig, param_shardings: 
   """
   src_cfg = init_from_config(path)
   _check_init_shapes(models.param_shapes(src_cfg), model_cfg, path)
-  _, params = ckpt_lib.load_params(path, shardings=param_shardings)
+  params, _ = ckpt_lib.load_params(path, shardings=param_shardings)
   diff = arch_diff(src_cfg, model_cfg)
   if diff:
     logging.warning('init_from %s: model config differs from the run in %s', path, diff)
