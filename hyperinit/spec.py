@@ -14,7 +14,15 @@ Inside a Flax module, a parameter is declared with::
                shape, param_dtype)
 
 which stores the value in an `Annotated` box (a `flax.linen.LogicallyPartitioned`
-subclass, so Flax's own logical-sharding utilities work on it unchanged).
+subclass, so Flax's own logical-sharding utilities work on it unchanged).  A user's
+own linen model declares the same with any Flax initializer::
+
+    nn.Dense(vocab, kernel_init=with_axes(nn.initializers.lecun_normal(), ('embed', 'vocab'),
+                                          role='readout'))
+
+(NNX: `nnx.with_partitioning(init, axes, fan_in=..., role=...)`, the same metadata.)
+What is left out is inferred (`complete_specs`, `infer_roles`); `hyperinit.from_flax`
+is the one call from a user's module to `(params, specs)`.
 """
 
 from __future__ import annotations
@@ -97,19 +105,27 @@ class Annotated(nn.LogicallyPartitioned):
   `names` (the logical axes) is inherited, so `nn.get_partition_spec` and
   `nn.logical_to_mesh_sharding` work unchanged; `fan_in` and `role` ride along
   and survive `nn.scan` (which inserts a 'layers' axis and shifts fan_in).
+  `fan_in=None` (from `with_axes` without one) means "not declared": inferred
+  by `complete_specs`.
   """
-  fan_in: tuple[int, ...] = struct.field(default=(), pytree_node=False)
+  fan_in: tuple[int, ...] | None = struct.field(default=(), pytree_node=False)
   role: str = struct.field(default='', pytree_node=False)
 
   def add_axis(self, index, params):
     new = super().add_axis(index, params)
+    if self.fan_in is None:
+      return new
     return new.replace(fan_in=tuple(i + (i >= index) for i in self.fan_in))
 
   def remove_axis(self, index, params):
     new = super().remove_axis(index, params)
+    if self.fan_in is None:
+      return new
     return new.replace(fan_in=tuple(i - (i > index) for i in self.fan_in))
 
   def spec(self) -> ParamSpec:
+    if self.fan_in is None:
+      raise ValueError(f'axes {tuple(self.names)}: fan_in not declared (complete_specs infers it)')
     return ParamSpec(tuple(self.names), self.fan_in, self.role)
 
 
@@ -131,26 +147,146 @@ def annotated(init_fn: FanInInit, axes: tuple[str | None, ...],
   return init
 
 
-def _is_box(x) -> bool:
+def with_axes(init: Callable[..., Any], axes: tuple[str | None, ...], *,
+              fan_in: tuple[int, ...] | None = None, role: str = ''):
+  """A Flax initializer `(key, shape, dtype)` whose value is boxed with its axes, fan-in and role.
+
+  Drop-in for `nn.with_logical_partitioning(init, axes)` (the box is a
+  `LogicallyPartitioned`, so sharding reads it unchanged) with room for what
+  HyperCloning and muP need beyond the axes: `fan_in` (indices of the dims
+  contracted with the input; None: inferred, see `complete_specs`) and `role`
+  (see `ROLES`; '' lets `infer_roles` decide).
+  """
+  ParamSpec(tuple(axes), fan_in or (), role)   # validates early, at module definition
+
+  def boxed_init(key, shape, dtype=None):
+    value = init(key, shape) if dtype is None else init(key, shape, dtype)
+    if len(shape) != len(axes):
+      raise ValueError(f'parameter of shape {shape} annotated with {len(axes)} axes {axes}')
+    return Annotated(value, names=tuple(axes),
+                     fan_in=None if fan_in is None else tuple(fan_in), role=role)
+
+  return boxed_init
+
+
+def is_box(x) -> bool:
+  """Whether `x` is a Flax axis-metadata box (`nn.LogicallyPartitioned`, `Annotated`, ...)."""
   return isinstance(x, nn.meta.AxisMetadata)
 
 
+@dataclasses.dataclass(frozen=True)
+class Partial:
+  """What a leaf's annotation declares: axes / fan_in None where it declares nothing."""
+  shape: tuple[int, ...]
+  axes: tuple[str | None, ...] | None = None
+  fan_in: tuple[int, ...] | None = None
+  role: str = ''
+
+
+def complete_specs(leaves: Mapping[str, Partial]) -> dict[str, ParamSpec]:
+  """{path: ParamSpec} from {path: Partial}: what a module declared, the rest inferred.
+
+  * A leaf with no axes (a bias left as Flax gives it, beside an annotated
+    kernel) takes its sibling 'kernel''s trailing axes when its shape is the
+    kernel's trailing shape: a bias's axes are its kernel's output axes.
+  * A kernel with no declared fan_in contracts the dims its bias does not
+    have (Dense (in, out) + bias (out,): (0,); Conv (kh, kw, cin, cout): (0, 1, 2);
+    DenseGeneral (h, d, out): (0, 1)); with no bias, Flax's Dense convention
+    (0,).  Rank-1 leaves have none.
+
+  Raises:
+    TypeError naming every leaf path whose axes cannot be inferred, and how to
+    declare them.
+  """
+  axes = {p: l.axes for p, l in leaves.items()}
+  for path, leaf in leaves.items():
+    if leaf.axes is not None:
+      continue
+    kernel = leaves.get(_sibling(path, 'kernel'))
+    n = len(leaf.shape)
+    if (kernel is not None and kernel.axes is not None and 0 < n < len(kernel.shape)
+        and tuple(kernel.shape[-n:]) == tuple(leaf.shape)):
+      axes[path] = tuple(kernel.axes[-n:])
+  missing = [p for p, a in axes.items() if a is None]
+  if missing:
+    shown = ', '.join(f'{p!r} {leaves[p].shape}' for p in missing[:6])
+    raise TypeError(
+        f'leaf {shown}{" ..." if len(missing) > 6 else ""} has no axis annotation (and no '
+        f"annotated sibling 'kernel' to take it from): annotate it (spec.with_axes / "
+        f"nn.with_logical_partitioning / nnx.with_partitioning) or pass axes={{{missing[0]!r}: "
+        f'(...)}} to hyperinit.from_flax')
+  out = {}
+  for path, leaf in leaves.items():
+    fan_in = leaf.fan_in
+    if fan_in is None:
+      fan_in = _guess_fan_in(leaf.shape, leaves.get(_sibling(path, 'bias')))
+    out[path] = ParamSpec(axes[path], fan_in, leaf.role)
+  return out
+
+
+def _sibling(path: str, name: str) -> str:
+  return path.rsplit('/', 1)[0] + '/' + name if '/' in path else name
+
+
+def _guess_fan_in(shape: tuple[int, ...], bias: Partial | None) -> tuple[int, ...]:
+  if len(shape) < 2:
+    return ()
+  if bias is not None and 0 < len(bias.shape) < len(shape) and \
+      tuple(shape[-len(bias.shape):]) == tuple(bias.shape):
+    return tuple(range(len(shape) - len(bias.shape)))
+  return (0,)
+
+
+def shape_of(x) -> tuple[int, ...]:
+  """Shape of an array, a ShapeDtypeStruct or a scalar."""
+  return tuple(getattr(x, 'shape', np.shape(x)))
+
+
+def partial_from_box(x) -> Partial:
+  """What a Flax box (or an unboxed leaf) declares about its leaf."""
+  if isinstance(x, Annotated):
+    return Partial(shape_of(x.value), tuple(x.names), x.fan_in, x.role)
+  if isinstance(x, nn.LogicallyPartitioned):
+    return Partial(shape_of(x.value), tuple(x.names))
+  return Partial(shape_of(nn.meta.unbox(x)))
+
+
 def specs_from_boxed(boxed: Any) -> Any:
-  """Spec tree from a tree of boxes (e.g. `jax.eval_shape(model.init, ...)`).
+  """Spec tree from a tree of boxes (e.g. `jax.eval_shape(model.init, ...)['params']`).
 
   `Annotated` boxes give their spec; a plain `nn.LogicallyPartitioned` box (a
-  user's model annotated for sharding only) gets the Flax Dense convention:
-  dimension 0 is fan-in for rank >= 2, none for rank 1.  Pass such models
-  through `with_fan_in` when that guess is wrong (e.g. DenseGeneral outputs).
+  user's model annotated for sharding only) and an unboxed leaf get what
+  `complete_specs` infers (a bias: its kernel's output axes; a kernel: the
+  dims its bias lacks, else dimension 0).  Pass such models through
+  `with_fan_in` when that guess is wrong, or declare fan_in with `with_axes`.
+  Roles are not inferred here (`infer_roles`; `hyperinit.from_flax` does both).
   """
-  def one(x):
-    if isinstance(x, Annotated):
-      return x.spec()
-    if isinstance(x, nn.LogicallyPartitioned):
-      names = tuple(x.names)
-      return ParamSpec(names, (0,) if len(names) >= 2 else ())
-    raise TypeError(f'leaf {type(x).__name__} has no axis annotation')
-  return jax.tree.map(one, boxed, is_leaf=_is_box)
+  flat = flatten(boxed, is_leaf=is_box)
+  done = complete_specs({p: partial_from_box(x) for p, x in flat.items()})
+  return jax.tree_util.tree_map_with_path(lambda p, _: done[path_str(p)], boxed, is_leaf=is_box)
+
+
+def infer_roles(specs: Any) -> Any:
+  """`specs` with the roles the axes imply set on leaves that have none.
+
+  * 'readout': a matrix whose fan-out axes hold 'vocab' or 'classes' (the
+    data's output axis) and whose fan-in axes hold none of `FIXED_AXES`;
+  * 'embedding' / 'position': a matrix whose only fan-in axis is 'vocab' /
+    'position' (a table indexed by tokens / positions) and the rest width-like.
+  A declared role always wins; a tied embedding (used transposed as the
+  readout) cannot be seen in the params: declare it ('tied_embedding').
+  """
+  def one(s: ParamSpec) -> ParamSpec:
+    if s.role or s.rank < 2:
+      return s
+    ins = {s.axes[i] for i in s.fan_in}
+    outs = {s.axes[i] for i in s.fan_out}
+    if outs & {'vocab', 'classes'} and not ins & FIXED_AXES:
+      return dataclasses.replace(s, role='readout')
+    if len(ins) == 1 and ins <= {'vocab', 'position'} and not outs & FIXED_AXES:
+      return dataclasses.replace(s, role='embedding' if 'vocab' in ins else 'position')
+    return s
+  return jax.tree.map(one, specs, is_leaf=is_spec)
 
 
 def with_fan_in(specs: Any, overrides: Mapping[str, tuple[int, ...]]) -> Any:

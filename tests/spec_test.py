@@ -66,12 +66,14 @@ def test_user_module_specs_drive_cloning_and_mup():
   # muP classes from the same annotations: embed stays, mlp and chan double.
   big_boxed = _boxed(big)
   big_specs = spec.with_fan_in(spec.specs_from_boxed(big_boxed), {'merge/kernel': (0, 1)})
-  m = mup.width_multipliers(big_specs, spec.unbox(big_boxed), specs, spec.unbox(boxed))
+  m = mup.width_multipliers(big_specs, spec.unbox(big_boxed), base_specs=specs,
+                            base_shapes=spec.unbox(boxed), readout=())   # no readout: a bottleneck
   classes = {k: v.cls for k, v in m.leaves.items()}
   assert classes == {'wi/kernel': 'input', 'wi/bias': 'vector', 'split/kernel': 'hidden',
                      'merge/kernel': 'bottleneck'}   # infinite fan-in, not the readout
   assert m.leaves['merge/kernel'].fan_in_mult == 2.0
   # Dense's fan-in guess (0,) would put the growing chan on merge's fan-out side.
   guessed = mup.width_multipliers(spec.specs_from_boxed(big_boxed), spec.unbox(big_boxed),
-                                  spec.specs_from_boxed(boxed), spec.unbox(boxed))
+                                  base_specs=spec.specs_from_boxed(boxed),
+                                  base_shapes=spec.unbox(boxed), readout=())
   assert guessed.leaves['merge/kernel'].cls == 'input'
