@@ -50,8 +50,8 @@ def main(argv):
   grads = _random_like(shapes, 1)
   txs = {
       'optax.adamw': optax.adamw(_LR.value, weight_decay=_WD.value),
-      'mup.adamw': mup.adamw(_LR.value, mults, weight_decay=_WD.value),
-      'mup.adamw(eps_mode=none)': mup.adamw(_LR.value, mults, weight_decay=_WD.value,
+      'mup.adamw': mup.adamw(_LR.value, weight_decay=_WD.value, mults=mults),
+      'mup.adamw(eps_mode=none)': mup.adamw(_LR.value, weight_decay=_WD.value, mults=mults,
                                             eps_mode='none'),
   }
   runs = {}

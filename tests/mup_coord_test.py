@@ -24,9 +24,9 @@ def _assert_flat(res, tol=0.07):
 
 def test_mlp_coordinate_check():
   widths = (64, 256, 1024)
-  mup_adam = coord.coord_check(coord.mlp_setup('mup', 'adam', 0.01), widths, seeds=SEEDS)
-  mup_sgd = coord.coord_check(coord.mlp_setup('mup', 'sgd', 1.0), widths, seeds=SEEDS)
-  sp_adam = coord.coord_check(coord.mlp_setup('sp', 'adam', 0.01), widths, seeds=SEEDS)
+  mup_adam = coord.run_setups(coord.mlp_setup('mup', 'adam', 0.01), widths, seeds=SEEDS)
+  mup_sgd = coord.run_setups(coord.mlp_setup('mup', 'sgd', 1.0), widths, seeds=SEEDS)
+  sp_adam = coord.run_setups(coord.mlp_setup('sp', 'adam', 0.01), widths, seeds=SEEDS)
   _assert_flat(mup_adam)
   _assert_flat(mup_sgd)
   # Zero-initialised readout: exactly 0 at t=1, Theta(1) after an update.
@@ -41,11 +41,11 @@ def test_transformer_coordinate_check():
   # decay still shows (worst layer 0.078 at t=3); with 512 it is 0.062 (block_0/mlp).
   widths = (64, 128, 256, 512)
   kw = dict(batch=2, seq_len=16, tie_embeddings=False)
-  mup_adam = coord.coord_check(coord.transformer_setup('mup', 'adam', 0.01, **kw), widths,
-                               seeds=SEEDS)
+  mup_adam = coord.run_setups(coord.transformer_setup('mup', 'adam', 0.01, **kw), widths,
+                              seeds=SEEDS)
   # SP's growth is large (logits slope 0.50 / 0.80 / 1.69 at t = 1, 2, 3): 3 widths, 2 seeds.
-  sp_adam = coord.coord_check(coord.transformer_setup('sp', 'adam', 0.01, **kw), (64, 128, 256),
-                              seeds=SEEDS[:2])
+  sp_adam = coord.run_setups(coord.transformer_setup('sp', 'adam', 0.01, **kw), (64, 128, 256),
+                             seeds=SEEDS[:2])
   assert len(mup_adam.acts) >= 20          # every embedding, projection, norm, block, logits
   _assert_flat(mup_adam)
   assert np.all(sp_adam.slopes()['output'][1:] >= 0.5), sp_adam.table()
@@ -57,11 +57,11 @@ def test_transformer_depth_coordinate_check():
   updates pile up along the residual stream (slope ~ +0.9, the stream grows like depth)."""
   depths, seeds = (2, 4, 8), SEEDS[:4]
   kw = dict(tie_embeddings=False)
-  complete_p = coord.coord_check(coord.transformer_depth_setup('mup', 'adam', 0.01,
-                                                               depth_alpha=1.0, **kw),
-                                 depths, seeds=seeds)
-  sp = coord.coord_check(coord.transformer_depth_setup('sp', 'adam', 0.01, **kw), depths,
-                         seeds=seeds)
+  complete_p = coord.run_setups(coord.transformer_depth_setup('mup', 'adam', 0.01,
+                                                              depth_alpha=1.0, **kw),
+                                depths, seeds=seeds)
+  sp = coord.run_setups(coord.transformer_depth_setup('sp', 'adam', 0.01, **kw), depths,
+                        seeds=seeds)
   cp_s, sp_s = complete_p.slopes(), sp.slopes()
   # measured: CompleteP residual -0.06, logits +0.02 at t=3; SP residual +0.72 / +0.94 at
   # t=2 / 3.  (At init CompleteP's 1/L branch multiplier shrinks the random branches' sum

@@ -73,7 +73,7 @@ def test_weight_decay_matches_microsoft_mup(kind, wd_mode):
   table), for every leaf of a width-256 muP MLP (base 64)."""
   _, params, mults = _mlp(256)
   rule = 'sgd' if kind == 'sgd' else 'adam'
-  s = mup.lr_multipliers(mults, rule)
+  s = mup.factor_table(mults, rule)
   assert sorted(set(s.values())) == ([1.0, 4.0] if kind == 'sgd' else [0.25, 1.0])
   lr, wd = (0.05, 0.3) if kind == 'sgd' else (3e-3, 0.5)
   kw = dict(momentum=0.9) if kind == 'sgd' else dict(eps_mode='none')   # microsoft/mup: no eps rule
@@ -160,7 +160,8 @@ def test_base_hps_go_to_init_forward_and_class_lrs():
   f = mup.init_factors(m, init_scheme='normal', readout='base', **hps.init_kwargs())
   assert f['block_0/mlp/wi/kernel'] == pytest.approx(3.0 / 2) and f['head/kernel'] == 0.5
   assert f['patch_embed/kernel'] == 1.0 and f['head/bias'] == 1.0
-  assert mup.init_factors(m, readout='zero', **hps.init_kwargs())['head/kernel'] == 0.0
+  zero = mup.init_factors(m, init_scheme='normal', readout='zero', **hps.init_kwargs())
+  assert zero['head/kernel'] == 0.0
   # the LR multipliers multiply muP's own through lr_factors
   tx = mup.make_optimizer('adamw', 1.0, m, lr_factors=lr, weight_decay=None, eps_mode='none')
   shapes = models.param_shapes(cfg)

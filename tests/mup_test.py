@@ -64,10 +64,10 @@ def test_mlp_multipliers_closed_form():
   assert {p: v.cls for p, v in m.leaves.items()} == {
       'input/kernel': 'input', 'input/bias': 'vector', 'hidden_1/kernel': 'hidden',
       'hidden_1/bias': 'vector', 'readout/kernel': 'output', 'readout/bias': 'finite'}
-  assert mup.lr_multipliers(m, 'adam') == {
+  assert mup.factor_table(m, 'adam') == {
       'input/kernel': 1, 'input/bias': 1, 'hidden_1/kernel': 0.25, 'hidden_1/bias': 1,
       'readout/kernel': 1, 'readout/bias': 1}
-  assert mup.lr_multipliers(m, 'sgd') == {
+  assert mup.factor_table(m, 'sgd') == {
       'input/kernel': 4, 'input/bias': 4, 'hidden_1/kernel': 1, 'hidden_1/bias': 4,
       'readout/kernel': 4, 'readout/bias': 1}
   assert m.readout_width_mult == 4.0
@@ -91,7 +91,7 @@ def test_one_adamw_step_closed_form(wd_mode):
   g = _grads(module, params, _batch())
   eps = float(np.median(np.abs(np.concatenate([v.ravel() for v in _flat(g).values()]))))
   lr, wd = 0.03, 0.2
-  tx = mup.adamw(lr, mults, eps=eps, weight_decay=wd, wd_mode=wd_mode)
+  tx = mup.adamw(lr, eps=eps, weight_decay=wd, mults=mults, wd_mode=wd_mode)
   upd, _ = jax.jit(tx.update)(g, tx.init(params), params)
   # Closed form of the first AdamW step: m_hat = g, v_hat = g^2.
   s = {k: 0.25 if k == 'hidden_1/kernel' else 1.0 for k in MLP_LEAVES}        # LR factor
@@ -109,7 +109,7 @@ def test_one_sgd_step_closed_form(wd_mode):
   module, params, mults = _mlp(256)
   g = _grads(module, params, _batch())
   lr, wd = 0.1, 0.01
-  tx = mup.sgd(lr, mults, momentum=0.9, weight_decay=wd, wd_mode=wd_mode)
+  tx = mup.sgd(lr, momentum=0.9, mults=mults, l2_coupled=wd, wd_mode=wd_mode)
   upd, _ = jax.jit(tx.update)(g, tx.init(params), params)
   s = {'input/kernel': 4, 'input/bias': 4, 'hidden_1/kernel': 1, 'hidden_1/bias': 4,
        'readout/kernel': 4, 'readout/bias': 1}
@@ -131,23 +131,24 @@ def _run(tx, params, grads_seq):
 
 def test_base_width_is_bitwise_plain_optax():
   _, params, m64 = _mlp(64)
-  assert set(mup.lr_multipliers(m64).values()) == {1.0}
+  assert set(mup.factor_table(m64).values()) == {1.0}
   assert m64.leaves['readout/kernel'].cls == 'output'      # classes survive at base width
   grads = [jax.tree.map(lambda x, i=i: jax.random.normal(jax.random.key(i), x.shape), params)
            for i in range(2)]
   sched = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
   pairs = [
-      (mup.adamw(sched, m64, weight_decay=0.1), optax.adamw(sched, weight_decay=0.1)),
-      (mup.adamw(1e-3, m64, weight_decay=0.1, wd_mode='follows_lr'),
+      (mup.adamw(sched, weight_decay=0.1, mults=m64), optax.adamw(sched, weight_decay=0.1)),
+      (mup.adamw(1e-3, weight_decay=0.1, mults=m64, wd_mode='follows_lr'),
        optax.adamw(1e-3, weight_decay=0.1)),
-      (mup.sgd(0.1, m64, momentum=0.9, weight_decay=0.01),       # coupled L2, as torch's SGD
+      (mup.sgd(0.1, momentum=0.9, mults=m64, l2_coupled=0.01),       # coupled L2, as torch's SGD
        optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))),
-      (mup.adam(1e-3, m64, weight_decay=0.01, wd_mode='follows_lr'),
+      (mup.adam(1e-3, mults=m64, l2_coupled=0.01, wd_mode='follows_lr'),
        optax.chain(optax.add_decayed_weights(0.01), optax.adam(1e-3))),
-      (mup.adam(1e-3, m64, nesterov=True), optax.adam(1e-3, nesterov=True)),
-      (mup.lion(1e-3, m64), optax.lion(1e-3)),
-      (mup.sgd(0.1, m64, momentum=0.9), optax.sgd(0.1, momentum=0.9)),
-      (mup.adafactor(1e-2, m64, min_dim_size_to_factor=32, weight_decay_rate=0.01),
+      (mup.adam(1e-3, nesterov=True, mults=m64), optax.adam(1e-3, nesterov=True)),
+      (mup.adam(1e-3, 0.8, 0.99, 1e-6, mults=m64), optax.adam(1e-3, 0.8, 0.99, 1e-6)),
+      (mup.lion(1e-3, mults=m64), optax.lion(1e-3)),
+      (mup.sgd(0.1, 0.9, mults=m64), optax.sgd(0.1, 0.9)),
+      (mup.adafactor(1e-2, 32, weight_decay_rate=0.01, mults=m64),
        optax.adafactor(1e-2, min_dim_size_to_factor=32, weight_decay_rate=0.01)),
       (mup.make_optimizer('adamw', sched, m64, grad_clip=1.0, weight_decay=0.1),
        optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.1))),
@@ -166,14 +167,14 @@ def test_other_optimizers_scale_optax_per_leaf():
   """Lion, Adafactor (relative step) and Adam without eps scaling: update = factor x optax's."""
   _, params, m = _mlp(256)
   grads = [jax.tree.map(lambda x: 1e-3 * jax.random.normal(jax.random.key(0), x.shape), params)]
-  adam_s = mup.lr_multipliers(m, 'adam')
-  rel_s = mup.lr_multipliers(m, 'adafactor_relative')
+  adam_s = mup.factor_table(m, 'adam')
+  rel_s = mup.factor_table(m, 'adafactor_relative')
   assert rel_s['hidden_1/kernel'] == 0.5 and rel_s['input/kernel'] == 1.0
-  cases = [(mup.lion(1e-3, m, weight_decay=0.0), optax.lion(1e-3, weight_decay=0.0), adam_s),
-           (mup.adam(1e-3, m, eps_mode='none'), optax.adam(1e-3), adam_s),
-           (mup.adafactor(1e-2, m, min_dim_size_to_factor=32),
+  cases = [(mup.lion(1e-3, weight_decay=0.0, mults=m), optax.lion(1e-3, weight_decay=0.0), adam_s),
+           (mup.adam(1e-3, mults=m, eps_mode='none'), optax.adam(1e-3), adam_s),
+           (mup.adafactor(1e-2, min_dim_size_to_factor=32, mults=m),
             optax.adafactor(1e-2, min_dim_size_to_factor=32), rel_s),
-           (mup.adafactor(1e-2, m, multiply_by_parameter_scale=False),
+           (mup.adafactor(1e-2, multiply_by_parameter_scale=False, mults=m),
             optax.adafactor(1e-2, multiply_by_parameter_scale=False), adam_s)]
   # First step (Adafactor's relative step reads the params), all cases in one program.
   outs = jax.jit(lambda p, g: [(_run(o, p, [g])[0], _run(r, p, [g])[0]) for o, r, _ in cases])(
@@ -225,7 +226,7 @@ def test_transformer_leaf_classes(name, scan):
   for path, v in m.leaves.items():
     assert v.cls == _expected_class(path), (path, v)
     assert v.in_block == (path.startswith('block_') or path.startswith('blocks/')), path
-  adam, sgd = mup.lr_multipliers(m, 'adam'), mup.lr_multipliers(m, 'sgd')
+  adam, sgd = mup.factor_table(m, 'adam'), mup.factor_table(m, 'sgd')
   for path, v in m.leaves.items():
     want_adam = 0.25 if v.cls == 'hidden' else 1.0
     assert adam[path] == want_adam, path
@@ -252,12 +253,12 @@ def test_tied_embedding_follows_table8():
   assert mt.leaves['token_embed/embedding'].role == 'tied_embedding'
   assert 'output' not in mup.class_counts(mt)
   for rule in ('adam', 'sgd'):
-    lt, lu = mup.lr_multipliers(mt, rule), mup.lr_multipliers(mu, rule)
+    lt, lu = mup.factor_table(mt, rule), mup.factor_table(mu, rule)
     assert lt['token_embed/embedding'] == lu['lm_head/kernel'] == lu['token_embed/embedding']
   assert tied.logits_mult == untied.logits_mult == 0.25
   pt = mup.init_params(tied, jax.random.key(0), mt, readout='zero')
   assert abs(float(jnp.std(pt['token_embed']['embedding'])) - 0.02) < 1e-3   # not zeroed
-  assert mup.init_factors(mu, readout='zero')['lm_head/kernel'] == 0.0
+  assert mup.init_factors(mu, init_scheme='normal', readout='zero')['lm_head/kernel'] == 0.0
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 256)
   logits, acts = jax.jit(lambda p, t: coord.apply_with_acts(models.build(tied), p, t))(pt, tokens)
   h, emb = np.asarray(acts['final_norm'], np.float64), np.asarray(pt['token_embed']['embedding'])
@@ -275,9 +276,9 @@ def test_mqa_kv_projection_is_a_bottleneck():
   k = m.leaves['block_0/attn/key/kernel']
   assert (k.cls, k.fan_in_mult, k.fan_out_mult) == ('bottleneck', 4.0, 1.0)
   assert m.leaves['block_0/attn/query/kernel'].cls == 'hidden'
-  assert mup.lr_multipliers(m, 'adam')['block_0/attn/key/kernel'] == 0.25
-  assert mup.lr_multipliers(m, 'sgd')['block_0/attn/key/kernel'] == 1.0
-  assert mup.init_factors(m)['block_0/attn/key/kernel'] == 0.5
+  assert mup.factor_table(m, 'adam')['block_0/attn/key/kernel'] == 0.25
+  assert mup.factor_table(m, 'sgd')['block_0/attn/key/kernel'] == 1.0
+  assert mup.init_factors(m, init_scheme='normal')['block_0/attn/key/kernel'] == 0.5
 
 
 def test_mup_at_base_width_is_standard_parametrisation():
@@ -325,7 +326,7 @@ def test_depth_transfer_rules():
       assert cfg.scale_residual_init is False
       m = mup.config_multipliers(cfg, base, depth_alpha=alpha)
       assert m.depth_mult == 4.0 and m.depth_alpha == alpha
-      adam, sgd = mup.lr_multipliers(m, 'adam'), mup.lr_multipliers(m, 'sgd')
+      adam, sgd = mup.factor_table(m, 'adam'), mup.factor_table(m, 'sgd')
       eps = mup.eps_multipliers(m, 'all')
       blk = 'blocks/' if scan else 'block_3/'
       d_adam, d_sgd, d_eps = 4.0 ** (alpha - 1), 4.0 ** (2 * alpha - 1), 4.0 ** -alpha
@@ -347,12 +348,12 @@ def test_multipliers_json_round_trip_and_restored_trees():
                              depth_alpha=1.0)
   back = mup.Multipliers.from_json(m.to_json())
   assert back == m
-  assert mup.lr_multipliers(back, 'sgd') == mup.lr_multipliers(m, 'sgd')
+  assert mup.factor_table(back, 'sgd') == mup.factor_table(m, 'sgd')
   # A tree that went through FrozenDict (e.g. an old Flax checkpoint) keeps its paths.
   _, params, mm = _mlp(256)
-  assert mup.lr_tree(mm, params)['hidden_1']['kernel'] == 0.25        # for logging
+  assert spec.unflatten(mup.factor_table(mm))['hidden_1']['kernel'] == 0.25   # for logging
   assert mm.tree(params)['readout']['kernel'].cls == 'output'
-  tx = mup.scale_by_mup(mm)
+  tx = mup.scale_per_leaf(mup.factor_table(mm))
   a, _ = tx.update(params, tx.init(params))
   b, _ = tx.update(flax.core.freeze(params), tx.init(params))
   jax.tree.map(np.testing.assert_array_equal, a, flax.core.unfreeze(b))
@@ -361,22 +362,23 @@ def test_multipliers_json_round_trip_and_restored_trees():
 def test_errors_name_the_problem():
   _, params, mm = _mlp(256)
   other = {'input': params['input'], 'extra': {'kernel': jnp.ones(3)}}
-  tx = mup.scale_by_mup(mm)
+  tx = mup.scale_per_leaf(mup.factor_table(mm))
   with pytest.raises(KeyError, match='extra/kernel'):
     tx.update(other, tx.init(other))
   base = models.get_config('gpt2-tiny')
   s, p = models.param_specs(base), models.param_shapes(base)
   with pytest.raises(ValueError, match='no logical axis differs'):
-    mup.width_multipliers(s, p, s, p)
+    mup.width_multipliers(s, p, base_specs=s, base_shapes=p)
   vit = models.get_config('vit-tiny')
   with pytest.raises(ValueError, match='does not occur in the base'):
-    mup.width_multipliers(models.param_specs(vit), models.param_shapes(vit), s, p)
+    mup.width_multipliers(models.param_specs(vit), models.param_shapes(vit), base_specs=s,
+                          base_shapes=p)
   with pytest.raises(ValueError, match='wd_mode'):
-    mup.adamw(1e-3, mm, wd_mode='coupled')
+    mup.adamw(1e-3, mults=mm, wd_mode='coupled')
   with pytest.raises(ValueError, match='optimizer kind'):
     mup.make_optimizer('rmsprop', 1e-3, mm)
   with pytest.raises(ValueError, match='readout'):
-    mup.init_factors(mm, readout='small')
+    mup.init_factors(mm, init_scheme='normal', readout='small')
 
 
 def test_fsdp_sharded_update_matches_unsharded():

@@ -5,12 +5,13 @@ absolute value of every layer's output at t = 1..steps (t = 1 is the init,
 t = k is after k-1 updates).  Under muP every curve is flat in width; under
 SP with Adam the logits and hidden activations grow (slope ~ +1 by t = 3).
 
-    res = coord_check(mlp_setup('mup', 'adam', lr=0.01), widths=(64, 128, 256, 512))
+    res = run_setups(mlp_setup('mup', 'adam', lr=0.01), widths=(64, 128, 256, 512))
     res.slopes()      # {layer: [slope at t=1, t=2, t=3]} of log mean|act| vs log width
     plots.coord_grid({'muP Adam': res, ...}, 'coord.png')   # hyperinit.studies.plots
 
 Activations are read with Flax's `capture_intermediates` (every submodule's
-`__call__` output, Dropout excluded), so any linen model works unchanged.
+`__call__` output, Dropout excluded) or NNX's `nnx.capture(method_outputs=)`,
+so any linen or NNX model works unchanged (`coord_own`: `coord_check` on your model).
 """
 
 from __future__ import annotations
@@ -76,11 +77,13 @@ class CoordResult:
     return '\n'.join([head] + rows)
 
 
-def coord_check(make_setup: Callable[[int], CoordSetup], widths: Sequence[int], *,
-                steps: int = 3, seeds: Sequence[int] = (0, 1, 2),
-                fast_compile: bool = True) -> CoordResult:
-  """Runs the coordinate check: per width, one jitted program (init, then `steps`
-  train steps in a `lax.scan`, vmapped over seeds) records mean |act| per layer.
+def run_setups(make_setup: Callable[[int], CoordSetup], widths: Sequence[int], *,
+               steps: int = 3, seeds: Sequence[int] = (0, 1, 2),
+               fast_compile: bool = True) -> CoordResult:
+  """Runs the coordinate check of setups (`mlp_setup`, `transformer_setup`, your own
+  `CoordSetup`s; for your own model see `mup.coord_check`): per width, one jitted program
+  (init, then `steps` train steps in a `lax.scan`, vmapped over seeds) records mean |act|
+  per layer.
 
   `fast_compile` compiles with XLA's backend optimisation level 0: these
   programs are tiny and run once, so compile time dominates.
@@ -202,7 +205,8 @@ def mlp_multipliers(width: int, base_width: int, depth: int = 2, in_dim: int = 4
   s, p = abstract(width)
   bs, bp = abstract(base_width)
   ds, dp = abstract(2 * base_width)      # delta: says which axes are width at base width
-  return shapes.width_multipliers(s, p, bs, bp, delta_specs=ds, delta_shapes=dp)
+  return shapes.width_multipliers(s, p, base_specs=bs, base_shapes=bp, delta_specs=ds,
+                                  delta_shapes=dp)
 
 
 
@@ -282,3 +286,31 @@ def _transformer(param: str, optimizer: str, lr: float, cfg, base, *, seq_len: i
       acts['residual'] = acts[residual_key]
     return _xent(logits, toks[:, 1:]), acts
   return CoordSetup(init, _optimizer(optimizer, lr, mults), loss_and_acts, make_batch)
+
+
+# --- a whole study from a config (experiments/coord_check.py) -------------------------
+
+def run_study(config) -> dict[str, dict[str, CoordResult]]:
+  """{model: {'SP Adam': result, 'muP Adam': ..., ...}} for `configs/coord_check.py`."""
+  out: dict[str, dict[str, CoordResult]] = {}
+  seeds = tuple(range(config.seeds))
+  for model in [m for m in config.models.split(',') if m]:
+    if model not in ('mlp', 'transformer'):
+      raise ValueError(f'unknown model {model!r} in config.models; expected mlp and/or transformer')
+    mc = config[model]
+    rows = {}
+    for opt in [o for o in config.optimizers.split(',') if o]:
+      lr = mc.lr_adam if opt == 'adam' else mc.lr_sgd
+      for param in ('sp', 'mup'):
+        label = f'{"SP" if param == "sp" else "muP"} {"Adam" if opt == "adam" else "SGD"}'
+        if model == 'mlp':
+          make = mlp_setup(param, opt, lr, base_width=mc.base_width, depth=mc.depth,
+                           batch=mc.batch, readout=config.readout)
+        else:
+          make = transformer_setup(param, opt, lr, base_width=mc.base_width, preset=mc.preset,
+                                   seq_len=mc.seq_len, batch=mc.batch, num_heads=mc.num_heads,
+                                   readout=config.readout, num_layers=mc.num_layers,
+                                   tie_embeddings=mc.tie_embeddings)
+        rows[label] = run_setups(make, tuple(mc.widths), steps=config.steps, seeds=seeds)
+    out[model] = rows
+  return out

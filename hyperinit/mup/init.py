@@ -11,7 +11,9 @@ Initialisation ("Table 8" of arXiv 2203.03466, relative to the base model):
 * optionally zero queries (role 'query'), so attention starts uniform.
 
 `rescale_init` turns a standard init drawn at the *target* width into that,
-leaf by leaf, given how the standard init scales with width (`init_scheme`).
+leaf by leaf, given how the standard init scales with width: measured from the
+same model's init at the base width (`base_params=`, any initializer) or
+named (`init_scheme=`).
 At base width every factor is 1 (except the explicit zero options).
 
 Forward multipliers go through the model config (`mup_config`): logits
@@ -25,8 +27,10 @@ import math
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from hyperinit import models
+from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers, config_multipliers
 from hyperinit.mup.transforms import scale_leaves
 
@@ -34,25 +38,29 @@ INIT_SCHEMES = ('normal', 'fan_in', 'fan_out')
 READOUT_INITS = ('zero', 'base', 'keep')
 
 
-def _std_factor(v, scheme: str, readout: str) -> float:
-  """Factor turning the standard init of one leaf at target width into muP init."""
-  # How the standard init's std scales relative to the base width.
-  grown = {'normal': 1.0, 'fan_in': 1.0 / math.sqrt(v.fan_in_mult),
-           'fan_out': 1.0 / math.sqrt(v.fan_out_mult)}[scheme]
+def _want(v, readout: str) -> float | None:
+  """muP's std of one leaf relative to the base width's (None: keep the leaf as drawn)."""
   if v.cls in ('hidden', 'bottleneck'):
-    want = 1.0 / math.sqrt(v.fan_in_mult)
-  elif v.cls == 'output':
-    if readout == 'zero':
-      return 0.0
-    if readout == 'keep':
-      return 1.0
-    want = 1.0                      # the base width's init, width-independent
-  else:                             # input, vector, finite: width-independent
-    want = 1.0
-  return want / grown
+    return 1.0 / math.sqrt(v.fan_in_mult)
+  if v.cls == 'output':
+    return {'zero': 0.0, 'keep': None, 'base': 1.0}[readout]
+  return 1.0                        # input, vector, finite: width-independent
 
 
-def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
+def _hp_mult(v, hidden_init_mult: float, readout_init_mult: float) -> float:
+  if v.cls in ('hidden', 'bottleneck'):
+    return hidden_init_mult
+  return readout_init_mult if v.cls == 'output' else 1.0
+
+
+def _check_choices(init_scheme, readout):
+  for name, val, allowed in (('init_scheme', init_scheme, INIT_SCHEMES),
+                             ('readout', readout, READOUT_INITS)):
+    if val not in allowed:
+      raise ValueError(f'{name}={val!r} is not supported; expected one of {list(allowed)}')
+
+
+def init_factors(mults: Multipliers, *, init_scheme: str,
                  scheme_overrides: Mapping[str, str] | None = None, readout: str = 'zero',
                  zero_query: bool = False, hidden_init_mult: float = 1.0,
                  readout_init_mult: float = 1.0) -> dict[str, float]:
@@ -62,7 +70,9 @@ def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
     mults: the target's multipliers.
     init_scheme: how the standard init's std depends on width: 'normal' (fixed
       std, e.g. N(0, 0.02)), 'fan_in' (std ~ fan_in^-1/2, LeCun/He/PyTorch Linear),
-      'fan_out' (std ~ fan_out^-1/2, Flax's default `nn.Embed`).
+      'fan_out' (std ~ fan_out^-1/2, Flax's default `nn.Embed`).  No default:
+      for an initializer that is none of these (Xavier: ~ (fan_in + fan_out)^-1/2)
+      use `rescale_init(..., base_params=...)`, which measures it.
     scheme_overrides: path -> scheme for leaves initialised differently.
     readout: 'zero', 'base' (std of the base width's init) or 'keep'.
     zero_query: zero every leaf with role 'query' (kernel and bias).
@@ -70,10 +80,7 @@ def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
       std of hidden and bottleneck leaves, and of the readout, x this at every
       width (the same number at the base and the target).
   """
-  for name, val, allowed in (('init_scheme', init_scheme, INIT_SCHEMES),
-                             ('readout', readout, READOUT_INITS)):
-    if val not in allowed:
-      raise ValueError(f'{name}={val!r} is not supported; expected one of {list(allowed)}')
+  _check_choices(init_scheme, readout)
   overrides = dict(scheme_overrides or {})
   for p, s in overrides.items():
     if p not in mults.leaves:
@@ -82,25 +89,94 @@ def init_factors(mults: Multipliers, *, init_scheme: str = 'normal',
       raise ValueError(f'scheme override {s!r} for {p!r}; expected one of {list(INIT_SCHEMES)}')
   out = {}
   for path, v in mults.leaves.items():
+    want = _want(v, readout)
     if zero_query and v.role == 'query':
       out[path] = 0.0
+    elif want is None:
+      out[path] = float(readout_init_mult)
     else:
-      f = _std_factor(v, overrides.get(path, init_scheme), readout)
-      if v.cls in ('hidden', 'bottleneck'):
-        f *= hidden_init_mult
-      elif v.cls == 'output':
-        f *= readout_init_mult
-      out[path] = float(f)
+      # How the standard init's std scales relative to the base width.
+      grown = {'normal': 1.0, 'fan_in': 1.0 / math.sqrt(v.fan_in_mult),
+               'fan_out': 1.0 / math.sqrt(v.fan_out_mult)}[overrides.get(path, init_scheme)]
+      out[path] = float(want / grown * _hp_mult(v, hidden_init_mult, readout_init_mult))
   return out
 
 
-def rescale_init(params: Any, mults: Multipliers, **kwargs) -> Any:
-  """muP init from a standard init at the target width (see `init_factors` for kwargs).
+def _rms(x) -> jax.Array:
+  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
-  Pure and jittable: params [any tree of arrays] -> same tree, each leaf times
-  its factor (`scale_leaves`: factor 1 returns the leaf, 0 exact zeros).
+
+def measured_init_factors(params: Any, base_params: Any, mults: Multipliers, *,
+                          readout: str = 'zero', zero_query: bool = False,
+                          hidden_init_mult: float = 1.0,
+                          readout_init_mult: float = 1.0) -> dict[str, Any]:
+  """path -> factor, from each leaf's RMS at the target and at the base (any initializer).
+
+  muP's target for a leaf is its base-width init std times the class rule
+  (hidden: fan_in_m^-1/2; input, vector, finite: x1; readout: 0 / x1 / keep),
+  so the factor is want * rms(base leaf) / rms(target leaf): exact for
+  lecun_normal, normal(0.02), Xavier, truncated normals, up to the sampling
+  noise of the base leaf's RMS (relative 1/sqrt(2n) for n entries: 1.3% for a
+  48 x 64 kernel).  A leaf that is constant at the base (zeros, ones) keeps its
+  init.  Jittable (the factors are traced scalars); base_params must hold
+  every target leaf (init the base at the target's depth for depth transfer).
   """
-  return scale_leaves(params, init_factors(mults, **kwargs), 'init factor')
+  _check_choices('normal', readout)
+  flat_b = spec_lib.flatten(base_params)
+  out = {}
+  for path, x in spec_lib.flatten(params).items():
+    v = mults[path]
+    if path not in flat_b:
+      raise ValueError(f'base_params has no leaf {path!r}: initialise the base with the same '
+                       f'structure as the target (for depth transfer: the target depth)')
+    want = _want(v, readout)
+    if zero_query and v.role == 'query':
+      out[path] = 0.0
+    elif want is None:
+      out[path] = float(readout_init_mult)
+    elif want == 0.0:
+      out[path] = 0.0
+    else:
+      rb, rt = _rms(flat_b[path]), _rms(x)
+      f = want * _hp_mult(v, hidden_init_mult, readout_init_mult)
+      # A constant leaf (std 0) keeps its init; otherwise match the base's RMS x want.
+      const = jnp.std(flat_b[path].astype(jnp.float32)) == 0
+      out[path] = jnp.where(const | (rt == 0), 1.0, f * rb / jnp.where(rt == 0, 1.0, rt))
+  return out
+
+
+def rescale_init(params: Any, mults: Multipliers, *, base_params: Any = None,
+                 init_scheme: str | None = None, scheme_overrides: Mapping[str, str] | None = None,
+                 **kwargs) -> Any:
+  """muP init from a standard init at the target width.
+
+  Tell it how that init scales with width, one of:
+    base_params: the same model's standard init at the base width (recommended
+      for your own models: every leaf's std is measured, `measured_init_factors`,
+      exact for any initializer);
+    init_scheme: 'normal' / 'fan_in' / 'fan_out' (`init_factors`).
+  kwargs: readout ('zero', 'base', 'keep'), zero_query, hidden_init_mult,
+  readout_init_mult.  Pure and jittable: params [any tree of arrays] -> same
+  tree, each leaf times its factor (factor 1 returns the leaf, 0 exact zeros).
+  """
+  if (base_params is None) == (init_scheme is None):
+    raise ValueError('rescale_init needs to know how your init scales with width: pass '
+                     'base_params= (the same model initialised at the base width; each leaf\'s '
+                     f'std is measured) or init_scheme= one of {list(INIT_SCHEMES)}, not both')
+  if base_params is None:
+    factors = init_factors(mults, init_scheme=init_scheme, scheme_overrides=scheme_overrides,
+                           **kwargs)
+    return scale_leaves(params, factors, 'init factor')
+  if scheme_overrides:
+    raise ValueError('scheme_overrides go with init_scheme=, not base_params=')
+  factors = measured_init_factors(params, base_params, mults, **kwargs)
+
+  def one(path, x):
+    f = factors[spec_lib.path_str(path)]
+    if isinstance(f, float):
+      return x if f == 1.0 else (jnp.zeros_like(x) if f == 0.0 else x * jnp.asarray(f, x.dtype))
+    return x * f.astype(x.dtype)
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero',

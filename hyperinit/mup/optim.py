@@ -1,7 +1,15 @@
-"""muP optimizers: one chain (`chain`), one constructor (`make_optimizer`), muP's rules.
+"""muP optimizers shaped like optax's, one constructor (`make_optimizer`), muP's rules.
 
+    tx = adamw(schedule, b2=0.95, weight_decay=0.1, mults=mults)   # optax.adamw's signature
     tx = make_optimizer('adamw', schedule, mults, grad_clip=1.0, weight_decay=0.1, mask=mask)
     tx = make_optimizer('adamw', schedule, None, ...)   # standard parametrisation: optax.adamw
+
+Each builder (`adamw`, `adam`, `lion`, `sgd`, `adafactor`) takes the optax
+function's exact positional signature; muP's extras are keyword-only
+(`mults`, `wd_mode`, `eps_mode`, `grad_clip`, `lr_factors`, `folded`).  optax's
+`adam` and `sgd` have no weight decay, so theirs here is named for what it is:
+`l2_coupled=` (L2 added to the gradient, torch's Adam / SGD `weight_decay`).
+All builders share one private chain (`_chain`).
 
 The per-leaf factors are static Python floats keyed by the leaf's path, so a
 jitted update with sharded parameters needs nothing special (no metadata rides
@@ -28,12 +36,15 @@ Dey et al. 2025, arXiv 2505.01618; depth-muP, Yang et al. 2023,
 arXiv 2310.02244, Adam LR / sqrt(L)) and L_m^(2 alpha - 1) for SGD (so each
 block's feature update stays Theta(1/L)).
 
-Weight decay: one story for every optimizer.  `weight_decay` means what it
-means in torch (so each builder matches a microsoft/mup optimizer): decoupled
-(added to the update after the direction, times the learning rate) for adamw,
-lion and adafactor (whose decay optax does not multiply by lr); coupled L2
-(added to the gradient before the direction) for adam and sgd.  `wd_mode` says whether the decay follows the leaf's update
-factor s (muP's learning-rate multiplier times any `lr_factors`):
+Weight decay: one story for every optimizer.  Each builder matches a
+microsoft/mup optimizer: decoupled decay (added to the update after the
+direction, times the learning rate) is `weight_decay` of adamw and lion and
+`weight_decay_rate` of adafactor (whose decay optax does not multiply by lr);
+coupled L2 (added to the gradient before the direction) is `l2_coupled` of adam
+and sgd.  `make_optimizer(kind, ..., weight_decay=)` means what torch's
+`weight_decay` means for that kind (coupled for adam and sgd).  `wd_mode` says
+whether the decay follows the leaf's update factor s (muP's learning-rate
+multiplier times any `lr_factors`):
 
 * 'fixed' (default): the per-step decay is lr * wd for every leaf at every
   width, as if s did not touch it: decoupled decay sits after the factors, and
@@ -59,7 +70,7 @@ import optax
 
 from hyperinit import spec as spec_lib
 from hyperinit.mup.shapes import Multipliers
-from hyperinit.mup.transforms import (add_decayed_weights_per_leaf, leaf_factors, lookup,
+from hyperinit.mup.transforms import (add_decayed_weights_per_leaf, leaf_factors,
                                       scale_by_adam_leaf_eps, scale_per_leaf)
 
 RULES = ('adam', 'sgd', 'adafactor_relative')
@@ -73,9 +84,7 @@ def _check(name, value, allowed):
     raise ValueError(f'{name}={value!r} is not supported; expected one of {list(allowed)}')
 
 
-def lr_multipliers(mults: Multipliers, rule: str = 'adam') -> dict[str, float]:
-  """Learning-rate factor of every leaf, path -> float (see the module table)."""
-  _check('rule', rule, RULES)
+def _mup_rule(mults: Multipliers, rule: str) -> dict[str, float]:
   alpha = mults.depth_alpha
   out = {}
   for path, v in mults.leaves.items():
@@ -91,6 +100,30 @@ def lr_multipliers(mults: Multipliers, rule: str = 'adam') -> dict[str, float]:
       d = mults.depth_factor(alpha - 1) if (v.in_block and alpha is not None) else 1.0
     out[path] = float(w * d)
   return out
+
+
+def factor_table(mults: Multipliers | None, rule: str = 'adam', *,
+                 lr_factors: Any = None) -> dict[str, float] | None:
+  """The per-leaf update factor s of every leaf, {path: float} (see the module table).
+
+  The one factor-table function: muP's learning-rate multiplier for `rule`
+  ('adam' for Adam, AdamW, Lion; 'sgd'; 'adafactor_relative') times any extra
+  `lr_factors` ({path: float} or a params-shaped tree of floats, e.g.
+  `BaseHParams.lr_factors(mults)` or `cloning.update_multipliers(plan)`; with
+  muP it must name every leaf).  None when mults and lr_factors are both None
+  (plain SP).  For logging as a tree: `spec.unflatten(factor_table(mults))`.
+  """
+  _check('rule', rule, RULES)
+  if mults is None:
+    return None if lr_factors is None else leaf_factors(lr_factors)
+  table = _mup_rule(mults, rule)
+  if lr_factors is None:
+    return table
+  extra = leaf_factors(lr_factors)
+  missing = sorted(set(table) - set(extra))
+  if missing:
+    raise KeyError(f'lr_factors has no factor for leaves {missing[:3]}')
+  return {k: v * extra[k] for k, v in table.items()}
 
 
 def eps_multipliers(mults: Multipliers, mode: str = 'all') -> dict[str, float]:
@@ -125,19 +158,6 @@ def eps_multipliers(mults: Multipliers, mode: str = 'all') -> dict[str, float]:
   return out
 
 
-def scale_by_mup(mults: Multipliers | None, rule: str = 'adam') -> optax.GradientTransformation:
-  """Per-leaf muP learning-rate factors; identity when `mults` is None (plain SP).
-
-  Place it after the optimizer's normaliser (`scale_by_adam_leaf_eps`,
-  `scale_by_lion`, `clip_by_block_rms`, a momentum `trace`) and before
-  `scale_by_learning_rate`; before `add_decayed_weights` for wd_mode='fixed',
-  after it for 'follows_lr'.
-  """
-  if mults is None:
-    return optax.identity()
-  return scale_per_leaf(lr_multipliers(mults, rule), 'learning-rate multiplier')
-
-
 def decay_mask(specs: Any = None, params: Any = None) -> Any:
   """True for leaves that get weight decay: matrices and embeddings.
 
@@ -157,43 +177,47 @@ def decay_mask(specs: Any = None, params: Any = None) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
-          factors: Mapping[str, float] | None = None, wd_mode: str = 'fixed',
-          decoupled_decay=None, coupled_decay=None, mask=None,
-          grad_clip: float | None = None,
-          relative_step: Sequence[optax.GradientTransformation] | None = None
-          ) -> optax.GradientTransformation:
-  """The one optimizer chain (a flat `optax.chain`, so its state is a flat tuple):
+def _mul(a: Mapping[str, float] | None, b: Mapping[str, float] | None, what: str):
+  """Leafwise product of two factor tables (None = all ones)."""
+  if a is None or b is None:
+    return b if a is None else a
+  missing = sorted(set(a) - set(b))
+  if missing:
+    raise KeyError(f'{what} has no factor for leaves {missing[:3]}')
+  return {k: v * b[k] for k, v in a.items()}
+
+
+def _chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
+           factors: Mapping[str, float] | None = None, wd_mode: str = 'fixed',
+           decoupled_decay=None, coupled_decay=None, mask=None,
+           grad_clip: float | None = None,
+           relative_step: Sequence[optax.GradientTransformation] | None = None,
+           folded: Mapping[str, float] | None = None, fold_power: int = 1
+           ) -> optax.GradientTransformation:
+  """The one optimizer chain behind every builder (a flat `optax.chain`):
 
       [clip_by_global_norm] -> [coupled decay] -> direction
         -> fixed:      [factors] -> [decoupled decay]
            follows_lr: [decoupled decay] -> [factors]
         -> scale_by_learning_rate(learning_rate)
 
-  Args:
-    direction: the base optimizer's normaliser (scale_by_adam, a momentum
-      trace, scale_by_lion, Adafactor's factored RMS + block clipping); may be empty.
-    learning_rate: float or optax schedule (ignored with `relative_step`).
-    factors: per-leaf update factors s {path: float} (muP's learning-rate
-      multipliers times any extra ones), or None.
-    wd_mode: whether the decay follows s (module doc, "Weight decay"):
-      'fixed': the per-step decay is lr * wd for every leaf (decoupled decay
-      after the factors; coupled decay at rate wd / s);
-      'follows_lr': lr * s * wd (decoupled decay before the factors; coupled
-      decay at rate wd, then normalised and scaled with the gradient).
-    decoupled_decay: AdamW-style rate (added to the update after the
-      direction), or None.
-    coupled_decay: L2 rate (added to the gradient before the direction, as
-      torch's Adam and SGD `weight_decay`), or None.
-    mask: weight-decay mask (tree or callable).
-    grad_clip: global-norm clipping threshold, or None.
-    relative_step: Adafactor's tail (optax.adafactor's order, which these
-      reproduce exactly): these transforms (lr without sign flip, RMS(param),
-      momentum) replace the final learning rate, go after 'fixed' factors
-      and before the decay, and the chain ends in scale(-1), so the decay is
-      not multiplied by the learning rate.
+  factors: the update factors s {path: float} or None.  wd_mode: 'fixed' (per-step
+  decay lr * wd: decoupled decay after the factors, coupled at rate wd / s) or
+  'follows_lr' (lr * s * wd).  relative_step: Adafactor's tail (optax.adafactor's
+  order), replacing the final learning rate; the chain then ends in scale(-1).
+  folded: forward multipliers c folded into the weights (`fold.forward_fold`): the
+  update of such a leaf is x c^fold_power (1 for Adam-like, 2 for SGD) and its decay
+  rates are corrected so that the trajectory is c x the unfolded one.
   """
   _check('wd_mode', wd_mode, WD_MODES)
+  if folded is not None and not set(folded.values()) <= {1.0}:
+    if relative_step is not None:
+      raise ValueError('folded forward multipliers are not supported with Adafactor')
+    fold_lr = {k: v ** fold_power for k, v in folded.items()}
+    fold_decay = {k: 1.0 / v for k, v in folded.items()}
+  else:
+    fold_lr = fold_decay = None
+  total = _mul(factors, fold_lr, 'folded')
   parts = [] if grad_clip is None else [optax.clip_by_global_norm(grad_clip)]
   if coupled_decay is not None:
     rates = None
@@ -203,11 +227,18 @@ def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
         raise ValueError(f"wd_mode='fixed' with coupled decay divides the rate by each leaf's "
                          f'update factor, which is 0 for {zero[:3]}')
       rates = {k: 1.0 / v for k, v in factors.items()}
+    # A weight folded by c sees gradients / c: the L2 rate / c^2 keeps g + r w in proportion.
+    rates = _mul(rates, None if fold_decay is None else
+                 {k: v * v for k, v in fold_decay.items()}, 'folded')
     parts.append(add_decayed_weights_per_leaf(coupled_decay, rates, mask))
   parts += list(direction)
-  scale = [] if factors is None else [scale_per_leaf(factors, 'learning-rate multiplier')]
+  scale = [] if total is None else [scale_per_leaf(total, 'learning-rate multiplier')]
+  decay = []
+  if decoupled_decay is not None:
+    # 'follows_lr' decays before the factors, which hold c: rate / c keeps lr * s * wd.
+    rates = fold_decay if wd_mode == 'follows_lr' else None
+    decay = [add_decayed_weights_per_leaf(decoupled_decay, rates, mask)]
   pre, post = (scale, []) if wd_mode == 'fixed' else ([], scale)
-  decay = [] if decoupled_decay is None else [optax.add_decayed_weights(decoupled_decay, mask)]
   if relative_step is None:
     parts += pre + decay + post + [optax.scale_by_learning_rate(learning_rate)]
   else:
@@ -215,91 +246,107 @@ def chain(direction: Sequence[optax.GradientTransformation], learning_rate, *,
   return optax.chain(*parts)
 
 
-def update_factors(mults: Multipliers | None, rule: str, lr_factors: Any = None
-                   ) -> dict[str, float] | None:
-  """Per-leaf update factors: muP's (by `rule`) times any extra `lr_factors`; None when neither.
-
-  lr_factors: {path: float} or a params-shaped tree of floats (e.g.
-  `BaseHParams.lr_factors(mults)` or `cloning.update_multipliers(plan)`); with
-  muP it must name every leaf.
-  """
-  if mults is None and lr_factors is None:
-    return None
-  if lr_factors is None:
-    return lr_multipliers(mults, rule)
-  extra = leaf_factors(lr_factors)
-  if mults is None:
-    return extra
-  table = lr_multipliers(mults, rule)
-  missing = sorted(set(table) - set(extra))
-  if missing:
-    raise KeyError(f'lr_factors has no factor for leaves {missing[:3]}')
-  return {k: v * extra[k] for k, v in table.items()}
+def _no_positional_mults(fn: str, value) -> None:
+  """The old builders took `mults` second; optax's signature puts a float there."""
+  if value is None or isinstance(value, Multipliers):
+    raise TypeError(f'mup.{fn}: the second positional argument is optax\'s ({value!r} given); '
+                    f'muP multipliers are keyword-only now: mup.{fn}(lr, ..., mults=mults)')
 
 
-def _eps_scales(mults, eps_mode):
-  return None if mults is None else eps_multipliers(mults, eps_mode)
-
-
-def _adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode):
+def _adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode, folded):
+  scales = None if mults is None else eps_multipliers(mults, eps_mode)
+  if folded is not None and not set(folded.values()) <= {1.0}:
+    # A weight folded by c sees gradients / c, so sqrt(v) / c: eps / c keeps the ratio.
+    inv = {k: 1.0 / v for k, v in folded.items()}
+    scales = inv if scales is None else _mul(scales, inv, 'folded')
   return [scale_by_adam_leaf_eps(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
-                                 eps_scales=_eps_scales(mults, eps_mode))]
+                                 eps_scales=scales)]
 
 
-def adamw(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None,
-          weight_decay=1e-4, mask=None, *, nesterov: bool = False, wd_mode: str = 'fixed',
-          eps_mode: str = 'all', grad_clip=None, lr_factors: Any = None
+def _folded(folded):
+  return None if folded is None else leaf_factors(folded)
+
+
+def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any = None,
+          weight_decay=1e-4, mask=None, *, nesterov: bool = False,
+          mults: Multipliers | None = None, wd_mode: str = 'fixed', eps_mode: str = 'all',
+          grad_clip=None, lr_factors: Any = None, folded: Any = None
           ) -> optax.GradientTransformation:
-  """muP AdamW (decoupled decay: microsoft/mup's MuAdamW); `optax.adamw` (same defaults)
-  when mults is None or at base width.  grad_clip, lr_factors: see `make_optimizer`."""
-  return chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode),
-               learning_rate, factors=update_factors(mults, 'adam', lr_factors),
-               wd_mode=wd_mode, decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
+  """muP AdamW: `optax.adamw`'s signature, muP's extras keyword-only.
+
+  Decoupled decay (microsoft/mup's MuAdamW); `optax.adamw` itself, bit for bit,
+  when mults is None or at base width.  mults: `Multipliers` (None: SP);
+  wd_mode, eps_mode: the module doc; grad_clip, lr_factors: see `make_optimizer`;
+  folded: {path: c} from `forward_fold` (forward multipliers folded into the weights).
+  """
+  _no_positional_mults('adamw', b1)
+  folded = _folded(folded)
+  return _chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode,
+                                folded),
+                learning_rate, factors=factor_table(mults, 'adam', lr_factors=lr_factors),
+                wd_mode=wd_mode, decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip,
+                folded=folded)
 
 
-def adam(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.999,
-         eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: Any = None, weight_decay=None,
-         mask=None, *, nesterov: bool = False, wd_mode: str = 'fixed', eps_mode: str = 'all',
-         grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
-  """muP Adam; `weight_decay` is coupled L2 (torch's Adam; microsoft/mup's MuAdam).  Without
-  decay it is `optax.adam` at base width; with it, chain(add_decayed_weights, optax.adam)."""
-  return chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode),
-               learning_rate, factors=update_factors(mults, 'adam', lr_factors),
-               wd_mode=wd_mode, coupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
+def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any = None, *,
+         nesterov: bool = False, mults: Multipliers | None = None, l2_coupled=None, mask=None,
+         wd_mode: str = 'fixed', eps_mode: str = 'all', grad_clip=None, lr_factors: Any = None,
+         folded: Any = None) -> optax.GradientTransformation:
+  """muP Adam: `optax.adam`'s signature, muP's extras keyword-only.
+
+  l2_coupled: L2 rate added to the gradient before Adam (torch's Adam
+  `weight_decay`; microsoft/mup's MuAdam), on the `mask` leaves; optax.adam has
+  no decay.  Without it, `optax.adam` at base width; with it,
+  chain(add_decayed_weights, optax.adam).  Other extras: see `adamw`.
+  """
+  _no_positional_mults('adam', b1)
+  folded = _folded(folded)
+  return _chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode,
+                                folded),
+                learning_rate, factors=factor_table(mults, 'adam', lr_factors=lr_factors),
+                wd_mode=wd_mode, coupled_decay=l2_coupled, mask=mask, grad_clip=grad_clip,
+                folded=folded)
 
 
-def lion(learning_rate, mults: Multipliers | None, b1: float = 0.9, b2: float = 0.99,
-         mu_dtype: Any = None, weight_decay=1e-3, mask=None, *, wd_mode: str = 'fixed',
-         grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
-  """muP Lion (sign updates of unit size: the Adam-like rule; decoupled decay as optax's);
-  `optax.lion` at base width."""
-  return chain([optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)], learning_rate,
-               factors=update_factors(mults, 'adam', lr_factors), wd_mode=wd_mode,
-               decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
+def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype: Any = None, weight_decay=1e-3, mask=None, *,
+         mults: Multipliers | None = None, wd_mode: str = 'fixed', grad_clip=None,
+         lr_factors: Any = None, folded: Any = None) -> optax.GradientTransformation:
+  """muP Lion: `optax.lion`'s signature (sign updates of unit size: the Adam-like rule;
+  decoupled decay as optax's); `optax.lion` at base width.  Extras: see `adamw`."""
+  _no_positional_mults('lion', b1)
+  return _chain([optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)], learning_rate,
+                factors=factor_table(mults, 'adam', lr_factors=lr_factors), wd_mode=wd_mode,
+                decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip,
+                folded=_folded(folded))
 
 
-def sgd(learning_rate, mults: Multipliers | None, momentum: float | None = None,
-        nesterov: bool = False, accumulator_dtype: Any = None, weight_decay=None, mask=None, *,
-        wd_mode: str = 'fixed', grad_clip=None, lr_factors: Any = None
+def sgd(learning_rate, momentum=None, nesterov: bool = False, accumulator_dtype: Any = None, *,
+        mults: Multipliers | None = None, l2_coupled=None, mask=None, wd_mode: str = 'fixed',
+        grad_clip=None, lr_factors: Any = None, folded: Any = None
         ) -> optax.GradientTransformation:
-  """muP SGD; `weight_decay` is coupled L2 added to the gradient before momentum (torch's
-  SGD; microsoft/mup's MuSGD).  `optax.sgd` at base width without decay; with it,
-  chain(add_decayed_weights, optax.sgd)."""
+  """muP SGD: `optax.sgd`'s signature, muP's extras keyword-only.
+
+  l2_coupled: L2 rate added to the gradient before momentum (torch's SGD
+  `weight_decay`; microsoft/mup's MuSGD).  `optax.sgd` at base width without it;
+  with it, chain(add_decayed_weights, optax.sgd).  Other extras: see `adamw`.
+  """
+  if isinstance(momentum, Multipliers):
+    _no_positional_mults('sgd', momentum)
   direction = [] if momentum is None else [
       optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)]
-  return chain(direction, learning_rate, factors=update_factors(mults, 'sgd', lr_factors),
-               wd_mode=wd_mode, coupled_decay=weight_decay, mask=mask, grad_clip=grad_clip)
+  return _chain(direction, learning_rate,
+                factors=factor_table(mults, 'sgd', lr_factors=lr_factors), wd_mode=wd_mode,
+                coupled_decay=l2_coupled, mask=mask, grad_clip=grad_clip,
+                folded=_folded(folded), fold_power=2)
 
 
-def adafactor(learning_rate=None, mults: Multipliers | None = None,
-              min_dim_size_to_factor: int = 128, decay_rate: float = 0.8,
-              decay_offset: int = 0, multiply_by_parameter_scale: bool = True,
-              clipping_threshold: float | None = 1.0, momentum: float | None = None,
-              dtype_momentum: Any = jnp.float32, weight_decay_rate=None, eps: float = 1e-30,
-              factored: bool = True, weight_decay_mask=None, *, wd_mode: str = 'fixed',
-              grad_clip=None, lr_factors: Any = None) -> optax.GradientTransformation:
-  """muP Adafactor; `optax.adafactor` (same defaults and chain) at base width.
+def adafactor(learning_rate=None, min_dim_size_to_factor: int = 128, decay_rate=0.8,
+              decay_offset=0, multiply_by_parameter_scale: bool = True,
+              clipping_threshold=1.0, momentum=None, dtype_momentum: Any = jnp.float32,
+              weight_decay_rate=None, eps=1e-30, factored: bool = True, weight_decay_mask=None,
+              *, mults: Multipliers | None = None, wd_mode: str = 'fixed', grad_clip=None,
+              lr_factors: Any = None) -> optax.GradientTransformation:
+  """muP Adafactor: `optax.adafactor`'s signature (same defaults and chain at base width).
 
   The factored second moment normalises each entry to Theta(1) like Adam (its
   row and column statistics are means, so they do not grow with width), and
@@ -314,6 +361,8 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
   its decay after the learning rate (the decay is not multiplied by lr):
   'fixed' keeps it at wd per step, 'follows_lr' scales it by s.
   """
+  if isinstance(min_dim_size_to_factor, Multipliers):
+    _no_positional_mults('adafactor', min_dim_size_to_factor)
   rule = 'adafactor_relative' if multiply_by_parameter_scale else 'adam'
   direction = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
                                            min_dim_size_to_factor, eps)]
@@ -325,9 +374,10 @@ def adafactor(learning_rate=None, mults: Multipliers | None = None,
     step.append(optax.scale_by_param_block_rms())
   if momentum is not None:
     step.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
-  return chain(direction, learning_rate, factors=update_factors(mults, rule, lr_factors),
-               wd_mode=wd_mode, decoupled_decay=weight_decay_rate, mask=weight_decay_mask,
-               grad_clip=grad_clip, relative_step=step)
+  return _chain(direction, learning_rate,
+                factors=factor_table(mults, rule, lr_factors=lr_factors), wd_mode=wd_mode,
+                decoupled_decay=weight_decay_rate, mask=weight_decay_mask, grad_clip=grad_clip,
+                relative_step=step)
 
 
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -337,7 +387,7 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 def make_optimizer(kind: str, learning_rate, mults: Multipliers | None = None, *,
                    grad_clip: float | None = None, lr_factors: Any = None,
                    **kwargs) -> optax.GradientTransformation:
-  """The one optimizer constructor: `chain` for `kind` in KINDS.
+  """The one optimizer constructor: the builder for `kind` in KINDS.
 
   Args:
     kind: 'adam', 'adamw', 'lion', 'sgd' or 'adafactor' (the builders above).
@@ -350,21 +400,17 @@ def make_optimizer(kind: str, learning_rate, mults: Multipliers | None = None, *
       params-shaped tree of floats, e.g. muP's `BaseHParams.lr_factors(mults)`
       or `cloning.update_multipliers(plan)`), multiplied into muP's; they sit
       where muP's factors do and count as part of s for `wd_mode`.
-    **kwargs: the builder's own (b1, b2, eps, weight_decay, mask, wd_mode,
-      eps_mode, momentum, nesterov, ...).  `weight_decay` is decoupled for
-      adamw, lion (and adafactor's weight_decay_rate), coupled L2 for adam and
-      sgd, as in torch and microsoft/mup (module doc, "Weight decay").
+    **kwargs: the builder's own (b1, b2, eps, mask, wd_mode, eps_mode, momentum,
+      nesterov, folded, ...).  `weight_decay` means torch's: decoupled for adamw
+      and lion (adafactor: weight_decay_rate), coupled L2 (`l2_coupled=`) for adam
+      and sgd, as in microsoft/mup (module doc, "Weight decay").
 
   Returns:
     A flat optax chain: `tx.update(grads, state, params)` -> (updates, state),
     updates shaped like params.
   """
   _check('optimizer kind', kind, KINDS)
-  return _BUILDERS[kind](learning_rate, mults, grad_clip=grad_clip, lr_factors=lr_factors,
-                         **kwargs)
-
-
-def lr_tree(mults: Multipliers, like: Any, rule: str = 'adam') -> Any:
-  """The learning-rate factors as a pytree shaped like `like` (for logging)."""
-  table = lr_multipliers(mults, rule)
-  return jax.tree_util.tree_map_with_path(lambda p, _: lookup(table, p, 'lr'), like)
+  if kind in ('adam', 'sgd') and 'weight_decay' in kwargs:
+    kwargs['l2_coupled'] = kwargs.pop('weight_decay')
+  return _BUILDERS[kind](learning_rate, mults=mults, grad_clip=grad_clip,
+                         lr_factors=lr_factors, **kwargs)

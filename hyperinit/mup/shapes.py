@@ -27,8 +27,10 @@ annotations alone (logical axes + fan-in axes), never from parameter names or
   finite      none                                     readout bias (classes,)
   ==========  ======================================  ==============================
 
-The readout is the leaf annotated with role 'readout' (or the paths passed as
-`readout=`).  A tied embedding (role 'tied_embedding') is class 'input': in the
+The readout is the leaf annotated with role 'readout', else the leaf writing
+a 'vocab' / 'classes' axis from a width axis (`find_readout`), or the paths
+passed as `readout=`; when none of these decides, muP raises instead of
+guessing.  A tied embedding (role 'tied_embedding') is class 'input': in the
 "Table 8" form the input and output rules prescribe the same init and learning
 rate for it, and the output's 1/m lives in the forward pass (`logits_mult`).
 
@@ -45,6 +47,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -179,6 +182,47 @@ def _classify(s: spec_lib.ParamSpec, infinite: set[int], is_readout: bool) -> st
   return 'finite'
 
 
+# The data axes a readout writes: the vocabulary (LM head) and the classes (classifier head).
+READOUT_AXES = frozenset({'vocab', 'classes'})
+# Roles that say "this leaf is (or, tied, also is) the readout".
+READOUT_ROLES = frozenset({'readout', 'tied_embedding'})
+
+
+def find_readout(flat_specs: Mapping[str, spec_lib.ParamSpec], width_axes: set[str]) -> set[str]:
+  """Paths of the readout leaves, from the annotations; raises when it cannot tell.
+
+  A declared role wins: leaves annotated 'readout' / 'tied_embedding' are the
+  readout and no other leaf is.  Otherwise the readout is every unannotated leaf
+  with a width fan-in whose output axes are all fixed and include 'vocab' or
+  'classes' (an LM head or a classifier, e.g. a Dense kernel ('embed', 'vocab')).
+  If there is none, a leaf with a width fan-in and a fixed output could be the
+  readout or a bottleneck (an MQA key kernel): the ValueError names them and
+  says what to pass (muP's readout gets another init, LR and forward rule).
+  """
+  declared = {p for p, s in flat_specs.items() if s.role in READOUT_ROLES}
+  if declared:
+    return declared
+  candidates, inferred = [], set()
+  for p, s in flat_specs.items():
+    ins = [s.axes[i] for i in s.fan_in]
+    outs = [s.axes[i] for i in s.fan_out]
+    if not any(a in width_axes for a in ins) or any(a in width_axes for a in outs):
+      continue
+    if s.role == '' and any(a in READOUT_AXES for a in outs):
+      inferred.add(p)
+    elif s.role == '':
+      candidates.append(p)
+  if inferred or not candidates:
+    return inferred
+  shown = ', '.join(f'{p!r} {tuple(flat_specs[p].axes)}' for p in candidates[:4])
+  raise ValueError(
+      f'muP cannot tell which leaf is the readout: {shown} take a width input and give a '
+      f'fixed-size output, and none is annotated as the readout. Pass '
+      f'readout=[{candidates[0]!r}] (the output layer\'s kernel; readout=() if the model has '
+      f'none and these are bottlenecks), name its output axis \'vocab\' or \'classes\', or '
+      f'annotate it with role=\'readout\'')
+
+
 def _differing(sizes: Mapping[str, int], base_sizes: Mapping[str, int], flat_s, what: str,
                finite_axes: set[str]) -> set[str]:
   out = set()
@@ -194,8 +238,8 @@ def _differing(sizes: Mapping[str, int], base_sizes: Mapping[str, int], flat_s, 
   return out
 
 
-def width_multipliers(specs: Any, shapes: Any, base_specs: Any, base_shapes: Any, *,
-                      delta_specs: Any = None, delta_shapes: Any = None,
+def width_multipliers(specs: Any, shapes: Any, *old_positional: Any, base_specs: Any = None,
+                      base_shapes: Any = None, delta_specs: Any = None, delta_shapes: Any = None,
                       infinite_axes: Iterable[str] | None = None,
                       finite_axes: Iterable[str] = ('layers',),
                       readout: Iterable[str] | None = None,
@@ -214,7 +258,12 @@ def width_multipliers(specs: Any, shapes: Any, base_specs: Any, base_shapes: Any
       differs but the classes (e.g. which leaf is zero-initialised) must not change.
     infinite_axes: explicit width axes instead of (base vs target) + (base vs delta).
     finite_axes: logical axes that never count as width, even if their sizes differ.
-    readout: paths of readout leaves; default: leaves annotated role='readout'.
+    readout: paths of the readout leaves (() for a model without one).  Default:
+      the leaves annotated role 'readout' (or 'tied_embedding'), else those
+      whose output axis is a data axis ('vocab' or 'classes') fed by a width
+      axis.  When neither finds one and some leaf has a width fan-in and a
+      fixed output (readout or bottleneck?), a ValueError names the leaves and
+      this argument: muP never guesses the readout.
     depth, base_depth: number of residual blocks (for depth transfer).
     depth_alpha: residual-branch exponent (0.5 depth-muP, 1.0 CompleteP) or None.
     block_pattern: regex on the path marking residual-block leaves of unrolled models
@@ -223,6 +272,15 @@ def width_multipliers(specs: Any, shapes: Any, base_specs: Any, base_shapes: Any
   Returns:
     `Multipliers` for every leaf of the target.
   """
+  if old_positional:
+    if len(old_positional) != 2 or base_specs is not None or base_shapes is not None:
+      raise TypeError('width_multipliers(specs, shapes, *, base_specs=, base_shapes=, ...): '
+                      'the base trees are keyword-only')
+    warnings.warn('width_multipliers(specs, shapes, base_specs, base_shapes) is deprecated: pass '
+                  'base_specs= and base_shapes= by keyword', DeprecationWarning, stacklevel=2)
+    base_specs, base_shapes = old_positional
+  if base_specs is None or base_shapes is None:
+    raise TypeError('width_multipliers needs the base model: base_specs= and base_shapes=')
   spec_lib.check_tree(shapes, specs, 'target params')
   spec_lib.check_tree(base_shapes, base_specs, 'base params')
   sizes = spec_lib.axis_sizes(shapes, specs)
@@ -261,13 +319,15 @@ def width_multipliers(specs: Any, shapes: Any, base_specs: Any, base_shapes: Any
       raise ValueError('depth transfer (depth_alpha) needs depth and base_depth')
   if (depth is None) != (base_depth is None):
     raise ValueError(f'give both depth and base_depth, got depth={depth}, base_depth={base_depth}')
+  if readout is None:
+    readout = find_readout(flat_s, set(axis_mults))
   block_re = re.compile(block_pattern)
   leaves = {}
   for path, s in flat_s.items():
     inf = {i for i, ax in enumerate(s.axes) if ax in axis_mults}
     fi = math.prod(axis_mults[s.axes[i]] for i in s.fan_in if i in inf)
     fo = math.prod(axis_mults[s.axes[i]] for i in s.fan_out if i in inf)
-    is_readout = path in readout if readout is not None else s.role == 'readout'
+    is_readout = path in readout
     in_block = 'layers' in s.axes or bool(block_re.search(path))
     leaves[path] = LeafMult(_classify(s, inf, is_readout), float(fi), float(fo), in_block, s.role)
   depth_mult = 1.0 if depth is None else depth / base_depth
@@ -307,7 +367,8 @@ def config_multipliers(cfg, base_cfg, *, delta_cfg=None, depth_alpha: float | No
   if delta_cfg is not None:
     kwargs.update(delta_specs=models.param_specs(delta_cfg),
                   delta_shapes=models.param_shapes(delta_cfg))
-  return width_multipliers(specs, shapes, bspecs, bshapes, depth=cfg.num_layers,
+  return width_multipliers(specs, shapes, base_specs=bspecs, base_shapes=bshapes,
+                           depth=cfg.num_layers,
                            base_depth=base_cfg.num_layers, depth_alpha=depth_alpha, **kwargs)
 
 

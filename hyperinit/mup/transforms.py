@@ -36,6 +36,8 @@ def leaf_factors(factors: Any) -> dict[str, float]:
 def lookup(table: Factors, path, what: str = 'factor') -> float:
   """table[path_str(path)], with a KeyError naming the leaf when it is missing."""
   key = spec_lib.path_str(path)
+  if key not in table and key.endswith('/value') and key[:-len('/value')] in table:
+    key = key[:-len('/value')]      # an NNX Variable's array (nnx.Optimizer's trees)
   try:
     return table[key]
   except KeyError:
@@ -70,7 +72,7 @@ def scale_per_leaf(factors: Any, what: str = 'scale') -> optax.GradientTransform
   """optax transform: updates -> `scale_leaves(updates, factors)` (stateless).
 
   `factors`: {path: float} or a params-shaped tree of floats, e.g. muP's
-  `lr_multipliers(mults)` or HyperCloning's `update_multipliers(plan)`.
+  `factor_table(mults)` or HyperCloning's `update_multipliers(plan)`.
   """
   table = leaf_factors(factors)
 

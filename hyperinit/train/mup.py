@@ -165,7 +165,8 @@ def build(target: models.ModelConfig, base: models.ModelConfig,
     raise MupError(f'config.mup: {e}') from e
   model_cfg = mup_init.mup_config(target, base, depth_alpha=depth_alpha, **hps.forward_kwargs())
   mults = config_multipliers(model_cfg, base, depth_alpha=depth_alpha)
-  mup_init.init_factors(mults, readout=opts['readout_init'])   # validates readout_init
+  mup_init.init_factors(mults, init_scheme=model_cfg.init,
+                        readout=opts['readout_init'])   # validates readout_init
   for name, val, allowed in (('wd_mode', opts['wd_mode'], mup_optim.WD_MODES),
                              ('eps_mode', opts['eps_mode'], mup_optim.EPS_MODES)):
     if val not in allowed:
