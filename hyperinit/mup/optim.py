@@ -253,18 +253,25 @@ def _no_positional_mults(fn: str, value) -> None:
                     f'muP multipliers are keyword-only now: mup.{fn}(lr, ..., mults=mults)')
 
 
-def _adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode, folded):
+def _folded(folded):
+  return None if folded is None else leaf_factors(folded)
+
+
+def _adam_chain(fn, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, mults, eps_mode,
+                lr_factors, folded, **decay) -> optax.GradientTransformation:
+  """adam and adamw: per-leaf eps (muP's, and / c for folded leaves) and the chain."""
+  _no_positional_mults(fn, b1)
+  folded = _folded(folded)
   scales = None if mults is None else eps_multipliers(mults, eps_mode)
   if folded is not None and not set(folded.values()) <= {1.0}:
     # A weight folded by c sees gradients / c, so sqrt(v) / c: eps / c keeps the ratio.
     inv = {k: 1.0 / v for k, v in folded.items()}
     scales = inv if scales is None else _mul(scales, inv, 'folded')
-  return [scale_by_adam_leaf_eps(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
-                                 eps_scales=scales)]
-
-
-def _folded(folded):
-  return None if folded is None else leaf_factors(folded)
+  direction = [scale_by_adam_leaf_eps(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+                                      eps_scales=scales)]
+  return _chain(direction, learning_rate,
+                factors=factor_table(mults, 'adam', lr_factors=lr_factors), folded=folded,
+                **decay)
 
 
 def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any = None,
@@ -279,13 +286,9 @@ def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any
   wd_mode, eps_mode: the module doc; grad_clip, lr_factors: see `make_optimizer`;
   folded: {path: c} from `forward_fold` (forward multipliers folded into the weights).
   """
-  _no_positional_mults('adamw', b1)
-  folded = _folded(folded)
-  return _chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode,
-                                folded),
-                learning_rate, factors=factor_table(mults, 'adam', lr_factors=lr_factors),
-                wd_mode=wd_mode, decoupled_decay=weight_decay, mask=mask, grad_clip=grad_clip,
-                folded=folded)
+  return _adam_chain('adamw', learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, mults,
+                     eps_mode, lr_factors, folded, wd_mode=wd_mode, decoupled_decay=weight_decay,
+                     mask=mask, grad_clip=grad_clip)
 
 
 def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any = None, *,
@@ -299,13 +302,9 @@ def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype: Any 
   no decay.  Without it, `optax.adam` at base width; with it,
   chain(add_decayed_weights, optax.adam).  Other extras: see `adamw`.
   """
-  _no_positional_mults('adam', b1)
-  folded = _folded(folded)
-  return _chain(_adam_direction(mults, b1, b2, eps, eps_root, mu_dtype, nesterov, eps_mode,
-                                folded),
-                learning_rate, factors=factor_table(mults, 'adam', lr_factors=lr_factors),
-                wd_mode=wd_mode, coupled_decay=l2_coupled, mask=mask, grad_clip=grad_clip,
-                folded=folded)
+  return _adam_chain('adam', learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, mults,
+                     eps_mode, lr_factors, folded, wd_mode=wd_mode, coupled_decay=l2_coupled,
+                     mask=mask, grad_clip=grad_clip)
 
 
 def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype: Any = None, weight_decay=1e-3, mask=None, *,

@@ -27,10 +27,10 @@ annotations alone (logical axes + fan-in axes), never from parameter names or
   finite      none                                     readout bias (classes,)
   ==========  ======================================  ==============================
 
-The readout is the leaf annotated with role 'readout', else the leaf writing
-a 'vocab' / 'classes' axis from a width axis (`find_readout`), or the paths
+The readout is the leaf with role 'readout' (declared, or inferred by
+`spec.infer_roles` for a leaf writing 'vocab' / 'classes'), or the paths
 passed as `readout=`; when none of these decides, muP raises instead of
-guessing.  A tied embedding (role 'tied_embedding') is class 'input': in the
+guessing (`find_readout`).  A tied embedding (role 'tied_embedding') is class 'input': in the
 "Table 8" form the input and output rules prescribe the same init and learning
 rate for it, and the output's 1/m lives in the forward pass (`logits_mult`).
 
@@ -182,38 +182,29 @@ def _classify(s: spec_lib.ParamSpec, infinite: set[int], is_readout: bool) -> st
   return 'finite'
 
 
-# The data axes a readout writes: the vocabulary (LM head) and the classes (classifier head).
-READOUT_AXES = frozenset({'vocab', 'classes'})
 # Roles that say "this leaf is (or, tied, also is) the readout".
 READOUT_ROLES = frozenset({'readout', 'tied_embedding'})
 
 
 def find_readout(flat_specs: Mapping[str, spec_lib.ParamSpec], width_axes: set[str]) -> set[str]:
-  """Paths of the readout leaves, from the annotations; raises when it cannot tell.
+  """Paths of the readout leaves, from the roles; raises when it cannot tell.
 
-  A declared role wins: leaves annotated 'readout' / 'tied_embedding' are the
-  readout and no other leaf is.  Otherwise the readout is every unannotated leaf
-  with a width fan-in whose output axes are all fixed and include 'vocab' or
-  'classes' (an LM head or a classifier, e.g. a Dense kernel ('embed', 'vocab')).
-  If there is none, a leaf with a width fan-in and a fixed output could be the
-  readout or a bottleneck (an MQA key kernel): the ValueError names them and
-  says what to pass (muP's readout gets another init, LR and forward rule).
+  `flat_specs` went through `spec.infer_roles`, so a leaf writing 'vocab' or
+  'classes' from a non-data axis (an LM head, a classifier) has role 'readout'
+  unless another role was declared.  Leaves with role 'readout' /
+  'tied_embedding' are the readout.  If there is none, a leaf with a width
+  fan-in, a fixed output and no role could be the readout or a bottleneck (an
+  MQA key kernel): the ValueError names them and says what to pass (muP's
+  readout gets another init, LR and forward rule, so it is never guessed).
   """
   declared = {p for p, s in flat_specs.items() if s.role in READOUT_ROLES}
   if declared:
     return declared
-  candidates, inferred = [], set()
-  for p, s in flat_specs.items():
-    ins = [s.axes[i] for i in s.fan_in]
-    outs = [s.axes[i] for i in s.fan_out]
-    if not any(a in width_axes for a in ins) or any(a in width_axes for a in outs):
-      continue
-    if s.role == '' and any(a in READOUT_AXES for a in outs):
-      inferred.add(p)
-    elif s.role == '':
-      candidates.append(p)
-  if inferred or not candidates:
-    return inferred
+  candidates = [p for p, s in flat_specs.items()
+                if s.role == '' and any(s.axes[i] in width_axes for i in s.fan_in)
+                and not any(s.axes[i] in width_axes for i in s.fan_out)]
+  if not candidates:
+    return set()
   shown = ', '.join(f'{p!r} {tuple(flat_specs[p].axes)}' for p in candidates[:4])
   raise ValueError(
       f'muP cannot tell which leaf is the readout: {shown} take a width input and give a '
@@ -259,9 +250,8 @@ def width_multipliers(specs: Any, shapes: Any, *old_positional: Any, base_specs:
     infinite_axes: explicit width axes instead of (base vs target) + (base vs delta).
     finite_axes: logical axes that never count as width, even if their sizes differ.
     readout: paths of the readout leaves (() for a model without one).  Default:
-      the leaves annotated role 'readout' (or 'tied_embedding'), else those
-      whose output axis is a data axis ('vocab' or 'classes') fed by a width
-      axis.  When neither finds one and some leaf has a width fan-in and a
+      the leaves with role 'readout' (or 'tied_embedding'), declared or
+      inferred by `spec.infer_roles` (output axis 'vocab' or 'classes').  When neither finds one and some leaf has a width fan-in and a
       fixed output (readout or bottleneck?), a ValueError names the leaves and
       this argument: muP never guesses the readout.
     depth, base_depth: number of residual blocks (for depth transfer).
@@ -285,6 +275,8 @@ def width_multipliers(specs: Any, shapes: Any, *old_positional: Any, base_specs:
   spec_lib.check_tree(base_shapes, base_specs, 'base params')
   sizes = spec_lib.axis_sizes(shapes, specs)
   base_sizes = spec_lib.axis_sizes(base_shapes, base_specs)
+  # Roles the axes imply (readout onto 'vocab'/'classes', embedding tables); declared ones win.
+  specs = spec_lib.infer_roles(specs)
   flat_s = spec_lib.flatten(specs, is_leaf=spec_lib.is_spec)
   finite_axes = set(finite_axes)
   if infinite_axes is not None:
