@@ -305,3 +305,12 @@ def test_optimizers_take_optax_signatures_and_old_names_warn():
   assert any(issubclass(x.category, DeprecationWarning) for x in w)
   assert mup.factor_table(None) is None
   assert mup.factor_table(m, lr_factors={k: 2.0 for k in m.leaves})['hidden_1/kernel'] == 0.5
+
+
+def test_init_params_takes_a_key_or_an_int_seed():
+  base = models.get_config('gpt2-tiny', tie_embeddings=False)
+  cfg = base.replace(embed_dim=128, mlp_dim=512)
+  m = mup.config_multipliers(cfg, base)
+  a, b = mup.init_params(cfg, 3, m), mup.init_params(cfg, jax.random.key(3), m)
+  for k, v in spec.flatten(a).items():
+    np.testing.assert_array_equal(v, spec.flatten(b)[k], err_msg=k)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from hyperinit import models
 from hyperinit import spec as spec_lib
+from hyperinit.user_model import as_key
 from hyperinit.mup.shapes import Multipliers, config_multipliers
 from hyperinit.mup.transforms import scale_leaves
 
@@ -179,16 +180,16 @@ def rescale_init(params: Any, mults: Multipliers, *, base_params: Any = None,
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def init_params(cfg, rng: jax.Array, mults: Multipliers, *, readout: str = 'zero',
+def init_params(cfg, rng: jax.Array | int, mults: Multipliers, *, readout: str = 'zero',
                 zero_query: bool = False, hidden_init_mult: float = 1.0,
                 readout_init_mult: float = 1.0) -> Any:
   """muP init of a hyperinit model: its standard init at `cfg`'s width, rescaled.
 
   The scheme is the config's own (`cfg.init`: 'normal' = N(0, init_std),
   'fan_in' = var 1/fan_in); the model's GPT-2 residual-output scale
-  1/sqrt(2L) only depends on depth and is kept.
+  1/sqrt(2L) only depends on depth and is kept.  rng: a key, or an int seed.
   """
-  params = models.init_params(cfg, rng)
+  params = models.init_params(cfg, as_key(rng))
   return rescale_init(params, mults, init_scheme=cfg.init, readout=readout,
                       zero_query=zero_query, hidden_init_mult=hidden_init_mult,
                       readout_init_mult=readout_init_mult)
