@@ -230,14 +230,62 @@ def batch_divisor(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
   return math.prod(mesh.shape[a] for a in _as_tuple(p))
 
 
-def like_params(tree: Any, params_shardings: Any, default: NamedSharding) -> Any:
-  """Shardings for a tree (e.g. an optax state) that embeds copies of the params tree.
+def fit_pspec(shape: Sequence[int], param_shape: Sequence[int], param_pspec: PartitionSpec,
+              mesh: Mesh) -> PartitionSpec:
+  """The PartitionSpec of a leaf derived from a param (an optimizer statistic of it).
 
-  Every subtree with exactly the params' tree structure (Adam's mu and nu,
-  a momentum trace, accumulated gradients, muP per-leaf states) gets the
-  params' shardings; every other leaf (step counts, scalars) gets `default`.
+  A leaf of the param's shape (Adam's moments, a momentum trace) takes the
+  param's spec.  A leaf of another shape, e.g. Adafactor's factored statistics
+  (the param's shape with its last or second-to-last dim dropped) or its (1,)
+  placeholders, keeps each mesh axis of the param on the leaf's next dim of the
+  same size (dims matched by size, in order), where that size divides; every
+  other dim is replicated.
+
+  Args:
+    shape: the leaf's shape.
+    param_shape: its param's shape.
+    param_pspec: the param's PartitionSpec (may be shorter than its rank).
+    mesh: the mesh the specs refer to.
+  """
+  shape, param_shape = tuple(shape), tuple(param_shape)
+  if shape == param_shape:
+    return param_pspec
+  entries = tuple(param_pspec) + (None,) * (len(param_shape) - len(param_pspec))
+  out: list[Any] = [None] * len(shape)
+  nxt = 0
+  for size, axes in zip(param_shape, entries):
+    k = next((k for k in range(nxt, len(shape)) if shape[k] == size), None)
+    if k is None:
+      continue
+    nxt = k + 1
+    if axes is not None and size % math.prod(mesh.shape[a] for a in _as_tuple(axes)) == 0:
+      out[k] = axes
+  return PartitionSpec(*out)
+
+
+def like_params(tree: Any, params_shardings: Any, default: NamedSharding,
+                params_shapes: Any) -> Any:
+  """Shardings for a tree (e.g. an optax state) whose subtrees mirror the params, leaf by leaf.
+
+  Every subtree with the params' tree structure (Adam's mu and nu, a momentum
+  trace, Adafactor's v_row / v_col / v, muP per-leaf states, accumulated
+  gradients) is paired with the params leaf by leaf, and each leaf gets
+  `fit_pspec` of its param: the param's sharding where the shapes agree,
+  otherwise the param's mesh axes on the dims the leaf kept (where they divide),
+  else replicated.  Every other leaf (step counts, scalars) gets `default`.
+
+  Args:
+    tree: arrays or ShapeDtypeStructs (e.g. `jax.eval_shape(tx.init, params)`).
+    params_shardings: NamedSharding tree of the params.
+    default: sharding of the leaves outside the params-shaped subtrees.
+    params_shapes: the params (arrays or ShapeDtypeStructs), same tree.
+
+  Returns:
+    a NamedSharding tree with `tree`'s structure.
   """
   ptree = jax.tree.structure(params_shardings)
+  if jax.tree.structure(params_shapes) != ptree:
+    raise ValueError('like_params: params_shapes and params_shardings have different trees')
 
   def is_param_tree(x):
     try:
@@ -245,8 +293,15 @@ def like_params(tree: Any, params_shardings: Any, default: NamedSharding) -> Any
     except Exception:  # pylint: disable=broad-except
       return False
 
-  return jax.tree.map(lambda x: params_shardings if is_param_tree(x) else default, tree,
-                      is_leaf=is_param_tree)
+  def fit(x, sh, p):
+    return NamedSharding(sh.mesh, fit_pspec(np.shape(x), np.shape(p), sh.spec, sh.mesh))
+
+  def one(x):
+    if is_param_tree(x):
+      return jax.tree.map(fit, x, params_shardings, params_shapes)
+    return default
+
+  return jax.tree.map(one, tree, is_leaf=is_param_tree)
 
 
 def sharded_init(init_fn: Callable[..., Any], rng: jax.Array, out_shardings: Any) -> Any:

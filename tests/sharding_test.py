@@ -5,6 +5,7 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
@@ -178,3 +179,15 @@ def test_activation_constraints_reach_the_program():
   assert '[{"data", "fsdp"}, {}, {"tensor"}, {}]> : tensor<16x32x4x16xf32>' in text
   # MLP hidden [B, T, mlp] (act_mlp)
   assert '[{"data", "fsdp"}, {}, {"tensor"}]> : tensor<16x32x256xf32>' in text
+
+
+def test_make_eval_step_old_batch_sharding_form_warns():
+  mesh = sharding.make_mesh({'data': -1})
+  rep = sharding.replicated(mesh)
+  eval_fn = lambda p, b: {'loss': jnp.sum(p * b)}
+  new = step_lib.make_eval_step(eval_fn, rep, mesh)
+  with pytest.warns(DeprecationWarning, match='batch sharding was unused'):
+    old = step_lib.make_eval_step(eval_fn, rep, sharding.batch_sharding(mesh, ndim=1), mesh)
+  x = jnp.arange(8.0)
+  assert float(new(x, x)['loss']) == float(old(x, x)['loss']) == 140.0
+  assert new(x, x)['loss'].sharding.spec == P()

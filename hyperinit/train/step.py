@@ -11,6 +11,7 @@ A step is a pure function of (state, batch): the dropout rng is
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import flax.struct
@@ -40,11 +41,18 @@ class TrainState:
 
 def state_shardings(param_shardings: Any, tx: optax.GradientTransformation, mesh: Mesh,
                     abstract_params: Any) -> TrainState:
-  """Shardings of a TrainState: optimizer moments follow their params."""
+  """Shardings of a TrainState for any optax `tx`.
+
+  Each optimizer-state leaf follows its param (`sharding.like_params`): the
+  param's sharding where its shape is the param's (Adam's moments), the param's
+  mesh axes on the dims it kept otherwise (Adafactor's factored row / column
+  statistics), replicated where nothing divides; counts are replicated.
+  """
   rep = sharding.replicated(mesh)
   opt_abstract = jax.eval_shape(tx.init, abstract_params)
-  return TrainState(step=rep, params=param_shardings,
-                    opt_state=sharding.like_params(opt_abstract, param_shardings, rep), rng=rep)
+  return TrainState(step=rep, params=param_shardings, rng=rep,
+                    opt_state=sharding.like_params(opt_abstract, param_shardings, rep,
+                                                   abstract_params))
 
 
 def abstract_state(tx: optax.GradientTransformation, abstract_params: Any,
@@ -149,13 +157,21 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
                  out_shardings=(shardings, shardings.step), donate_argnums=0)
 
 
-def make_eval_step(eval_fn: Callable[..., Any], param_shardings: Any, batch_sharding: Any,
-                   mesh: Mesh) -> Callable[[Any, Any], Any]:
+def make_eval_step(eval_fn: Callable[..., Any], param_shardings: Any, mesh: Mesh,
+                   *deprecated: Any) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch) -> dict of sums` (replicated scalars).
 
   The batch keeps the sharding it arrives with (eval batches may carry extra
-  keys, e.g. a padding mask); `batch_sharding` is accepted for symmetry.
+  keys, e.g. a padding mask).  The old form `(eval_fn, param_shardings,
+  batch_sharding, mesh)` still works for one release, with a DeprecationWarning.
   """
-  del batch_sharding
+  if deprecated:
+    if len(deprecated) != 1:
+      raise TypeError(f'make_eval_step takes (eval_fn, param_shardings, mesh); got '
+                      f'{3 + len(deprecated)} positional arguments')
+    warnings.warn('make_eval_step(eval_fn, param_shardings, batch_sharding, mesh) is '
+                  'deprecated: the batch sharding was unused; call make_eval_step(eval_fn, '
+                  'param_shardings, mesh)', DeprecationWarning, stacklevel=2)
+    mesh = deprecated[0]
   return jax.jit(eval_fn, in_shardings=(param_shardings, None),
                  out_shardings=NamedSharding(mesh, jax.sharding.PartitionSpec()))
