@@ -161,7 +161,10 @@ def into_nnx(module: Any, params: Any) -> Any:
 
   Args:
     module: an NNX module of the params' sizes (e.g. the wider model a clone was
-      made for), or a zero-argument factory building it (`build_nnx` builds it).
+      made for), or a zero-argument factory building it.  A factory is first
+      traced abstractly (`nnx.eval_shape`: no random init of the wide model) and
+      built for real (`build_nnx`) only when it holds state other than Params
+      (e.g. an `nnx.Rngs` for dropout) that the params cannot supply.
     params: nested dict {.. : array}, the tree of `nnx.to_pure_dict` of the
       module's Params; every leaf must have the module's shape.
 
@@ -173,7 +176,11 @@ def into_nnx(module: Any, params: Any) -> Any:
     ValueError naming the first leaf missing, extra or of the wrong shape.
   """
   if not isinstance(module, nnx.Module):
-    module = build_nnx(module)
+    factory = module
+    module = build_nnx(nnx.eval_shape, factory)
+    if any(isinstance(x, jax.ShapeDtypeStruct)
+           for x in jax.tree.leaves(nnx.state(module, nnx.Not(nnx.Param)))):
+      module = build_nnx(factory)
   graph, state, rest = nnx.split(module, nnx.Param, ...)
   want = {spec_lib.path_str(p): spec_lib.shape_of(v.get_value())
           for p, v in nnx.to_flat_state(state)}
