@@ -38,11 +38,11 @@ _NNX_AXES_KEYS = ('out_sharding', 'sharding_names', 'sharding')
 
 
 def as_key(rng: jax.Array | int) -> jax.Array:
-  """A typed PRNG key from a key (typed or raw uint32 [2]) or an int seed."""
+  """A typed PRNG key from a key (typed or raw uint32 [2]) or an int seed (traced ones too)."""
   if hasattr(rng, 'dtype') and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
     return rng
   if np.ndim(rng) == 0:
-    return jax.random.key(int(rng))
+    return jax.random.key(rng)
   return jax.random.wrap_key_data(rng)
 
 

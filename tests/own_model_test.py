@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import hyperinit
-from hyperinit import cloning, spec
+from hyperinit import cloning, models, spec
 from hyperinit.spec import ParamSpec
 
 VOCAB, T = 40, 8
@@ -198,3 +198,7 @@ def test_rng_int_and_key_clone_alike():
   by_key = cloning.clone(params, specs, {'embed': 2, 'mlp': 2}, rng=jax.random.key(7))
   jax.tree.map(np.testing.assert_array_equal, by_int, by_key)
   assert hyperinit.as_key(7).dtype == jax.random.key(7).dtype
+  # the model zoo's init takes either too (jitted: the int is traced)
+  cfg = models.get_config('gpt2-tiny', num_layers=1)
+  jax.tree.map(np.testing.assert_array_equal, models.init_params(cfg, 3),
+               models.init_params(cfg, jax.random.key(3)))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperinit import spec as spec_lib
+from hyperinit.user_model import as_key
 from hyperinit.models import layers
 from hyperinit.models.config import (BlockConfig, ModelConfig, TransformerConfig, ViTConfig,
                                      config_from_dict)
@@ -41,14 +42,17 @@ def dummy_input(cfg: ModelConfig, batch: int = 1) -> jax.Array:
   return jnp.zeros((batch, min(cfg.max_len, 8)), jnp.int32)
 
 
-def init_boxed(cfg: ModelConfig, rng: jax.Array):
-  """Params with their `Annotated` boxes (what `module.init` returns)."""
-  return build(cfg).init(rng, dummy_input(cfg))['params']
+def init_boxed(cfg: ModelConfig, rng: jax.Array | int):
+  """Params with their `Annotated` boxes (what `module.init` returns); rng: a key or an int seed."""
+  return build(cfg).init(as_key(rng), dummy_input(cfg))['params']
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def init_params(cfg: ModelConfig, rng: jax.Array):
-  """Freshly initialised params as a plain nested dict of arrays (jitted; cfg is static)."""
+def init_params(cfg: ModelConfig, rng: jax.Array | int):
+  """Freshly initialised params as a plain nested dict of arrays (jitted; cfg is static).
+
+  rng: a `jax.random.key` or an int seed (the same params as `jax.random.key(seed)`).
+  """
   return spec_lib.unbox(init_boxed(cfg, rng))
 
 
