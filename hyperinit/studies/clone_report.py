@@ -54,15 +54,16 @@ def steps_to_stay_below(curve: Sequence[Sequence[float]], target: float) -> floa
   return s0 + (v0 - target) / (v0 - v1) * (s1 - s0)
 
 
-def _ms(xs: Sequence[float]) -> tuple[float, float]:
-  xs = [float(x) for x in xs]
-  return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+  """(mean, sample std (ddof 1; 0 for one value)) over seeds; the one copy for the reports."""
+  a = np.asarray(xs, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def fmt_ms(xs: Sequence[float], prec: int = 3) -> str:
   if not xs:
     return 'n/a'
-  m, s = _ms(xs)
+  m, s = mean_std(xs)
   return f'{m:.{prec}f}' + (f' ± {s:.{prec}f}' if len(xs) > 1 else '')
 
 

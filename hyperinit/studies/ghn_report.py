@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperinit.studies import plots
+from hyperinit.studies import clone_report, plots
 
 COLORS = {'random': 'tab:gray', 'logah': 'tab:blue', 'ghn3': 'tab:orange',
           'logah-io': 'tab:green', 'ghn3-io': 'tab:red', 'logah-clone': 'tab:purple',
@@ -60,8 +60,7 @@ def stats(runs: list[dict[str, Any]], metric: str, step: int) -> tuple[float, fl
   v = [x for x in (value_at(r, metric, step) for r in runs) if x is not None]
   if not v:
     return None
-  a = np.asarray(v, np.float64)
-  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+  return (*clone_report.mean_std(v), len(v))
 
 
 def steps_to_reach(run: dict[str, Any], level: float) -> float | None:
