@@ -1,7 +1,7 @@
 """Clone time and peak memory vs a plain memory copy of the output bytes.
 
-    PYTHONPATH=. python benchmarks/clone_benchmark.py            # all cases, a table
-    PYTHONPATH=. python benchmarks/clone_benchmark.py --models=gpt2 --variants=symmetric
+    python -m benchmarks.clone_benchmark            # all cases, a table
+    python -m benchmarks.clone_benchmark --models=gpt2 --variants=symmetric
 
 Each case runs in a fresh subprocess so its peak RSS is its own.  Per case:
 compile time (first call), clone time (best of --repeats jitted calls, output

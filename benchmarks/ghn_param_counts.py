@@ -1,6 +1,6 @@
 """GHN parameter counts, LoGAH vs GHN-3, for covering GPT-2 S/M/L and ViT-S/B/L.
 
-    PYTHONPATH=. python benchmarks/ghn_param_counts.py
+    python -m benchmarks.ghn_param_counts
 
 Counts come from `jax.eval_shape` of the GHN's init (nothing is allocated, so
 even a 13-billion-parameter GHN-3 decoder can be counted).  "Covering" a target

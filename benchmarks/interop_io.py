@@ -1,6 +1,6 @@
 """save_hf / load_hf wall time at published sizes, and logits against transformers.
 
-    PYTHONPATH=. python benchmarks/interop_io.py --presets=pythia-160m,smollm-135m
+    python -m benchmarks.interop_io --presets=pythia-160m,smollm-135m
 
 Params are random (var 1/fan_in, gains 1 + 0.2 N(0, 1)), drawn on the host.
 Prints params, shards, save/load seconds and max|ours - HF| / max|HF| on 1x32 tokens

@@ -1,7 +1,7 @@
 """Time and peak memory of LoGAH prediction on this machine, and the encoder's cost per graph.
 
-    PYTHONPATH=. python benchmarks/logah_benchmark.py                    # GPT-2 Large
-    PYTHONPATH=. python benchmarks/logah_benchmark.py --target=gpt2 --decoder=ghn3
+    python -m benchmarks.logah_benchmark                    # GPT-2 Large
+    python -m benchmarks.logah_benchmark --target=gpt2 --decoder=ghn3
 
 Peak memory is the process's resident-set high-water mark (VmHWM), reset just
 before the prediction through /proc/self/clear_refs, so it counts everything

@@ -8,10 +8,10 @@ Scopes:
          embedding, position table, class token, final norm, readout); every
          leaf of the blocks from `fallback` (the model's own random init).
 
-Why 'io' exists (measured, docs/logah.md "Where the benefit lives"): a CPU-scale
+Why 'io' exists (measured, docs/results.md "Where the benefit lives"): a CPU-scale
 GPT GHN's predicted blocks are a poor place to fine-tune from, whatever their
 scale or added noise, while its predicted embeddings and readout carry its
-head start (benchmarks/ghn_init_ablation.py prints the comparison).
+head start.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Scripts that print numbers: `python -m benchmarks.<name>` (installed with hyperinit)."""
