@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import struct
+from flax import struct, traverse_util
 
 # Roles: what the transforms need to know beyond the axes.  Most leaves have
 # no role.  'query' marks the attention query projection (scaled when the head
@@ -87,6 +87,13 @@ class ParamSpec:
   def fan_out(self) -> tuple[int, ...]:
     """Dimensions that are not fan-in (for a bias or gain: all of them)."""
     return tuple(i for i in range(self.rank) if i not in self.fan_in)
+
+  def writes_residual(self, residual_axis: str = 'embed') -> bool:
+    """Whether this block leaf writes into the residual stream: its only fan-out axis
+    (besides 'layers') is `residual_axis` and it is not a norm gain, i.e. a residual
+    branch's last layer (attention / MLP output kernel and bias)."""
+    out = tuple(self.axes[i] for i in self.fan_out if self.axes[i] != 'layers')
+    return out == (residual_axis,) and self.role not in ('norm', 'final_norm')
 
   def size_of(self, shape: tuple[int, ...], dims: Iterable[int]) -> int:
     return int(math.prod(shape[i] for i in dims))
@@ -307,34 +314,19 @@ def is_spec(x) -> bool:
 
 
 def path_str(path) -> str:
-  """'block_0/attn/query/kernel' from a jax key path."""
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
+  """'block_0/attn/query/kernel' from a jax key path (the one path format of the project)."""
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def flatten(tree: Any, is_leaf=None) -> dict[str, Any]:
-  """{'a/b/c': leaf} for a nested tree."""
+  """{'a/b/c': leaf} for any pytree (dicts, optax states, dataclasses), `path_str` keys."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
   return {path_str(p): v for p, v in leaves}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """Inverse of `flatten`: {'a/b': x} -> {'a': {'b': x}} (plain nested dicts)."""
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  """Inverse of `flatten` for nested dicts: {'a/b': x} -> {'a': {'b': x}}."""
+  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def check_tree(params: Any, specs: Any, what: str = 'params') -> None:

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
+import dataclasses
 import functools
 
 import flax.nnx as nnx
@@ -14,6 +15,7 @@ import optax
 import pytest
 
 from hyperinit import cloning, models, mup, sharding, spec
+from hyperinit.cloning import widen
 from hyperinit.spec import ParamSpec
 
 
@@ -323,3 +325,18 @@ def test_nnx_pure_dict_round_trip():
   x = jax.random.normal(jax.random.key(1), (3, 8))
   np.testing.assert_allclose(big(jnp.tile(x, (1, 2))), jnp.tile(small(x), (1, 2)), rtol=1e-5,
                              atol=1e-5)
+
+
+def test_eager_clone_compiles_one_builder_per_leaf_kind_not_per_path():
+  """The per-leaf builder is one jit with the path-free plan static: the layers of a model
+  share compilations (issue 30.7), and a second clone compiles nothing new."""
+  cfg = models.get_config('gpt2-tiny')            # two unrolled blocks: repeated leaf kinds
+  params = _params(cfg)
+  plan = cloning.make_plan(models.param_specs(cfg), params, cloning.factors_for(2), 'symmetric')
+  kinds = {dataclasses.replace(lp, path='', src='') for lp in plan.leaves}
+  assert len(kinds) < len(plan.leaves)
+  widen._build_leaf.clear_cache()  # pylint: disable=protected-access
+  cloning.apply_plan(plan, params)
+  assert widen._build_leaf._cache_size() == len(kinds)  # pylint: disable=protected-access
+  cloning.apply_plan(plan, params)
+  assert widen._build_leaf._cache_size() == len(kinds)  # pylint: disable=protected-access

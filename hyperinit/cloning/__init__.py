@@ -16,10 +16,10 @@ state, depth growth, symmetry diagnostic).
 from hyperinit.cloning.config import (clone_config, clone_model, describe, nonstandard_reasons,
                                       plan_model, source_sizes)
 from hyperinit.cloning.depth import (grow_depth, grow_depth_config, grow_depth_model,
-                                     grow_depth_opt_state, writes_residual)
+                                     grow_depth_opt_state)
 from hyperinit.cloning.factors import (KV_RULES, NON_WIDENABLE, factors_between, factors_for,
                                        resolve_factors)
-from hyperinit.cloning.noise import NOISE_DISTS, hash_noise
+from hyperinit.cloning.noise import NOISE_DISTS
 from hyperinit.cloning.optim import (grad_scale, update_multipliers, widen_like_gradient,
                                      widen_opt_state)
 from hyperinit.cloning.symmetry import symmetry, symmetry_fn, symmetry_summary
@@ -29,8 +29,8 @@ from hyperinit.cloning.widen import apply_plan, clone, clone_fn, dst_shardings
 __all__ = ['KV_RULES', 'NOISE_DISTS', 'NON_WIDENABLE', 'TIE_MODES', 'VARIANTS', 'ClonePlan',
            'LeafPlan', 'apply_plan', 'clone', 'clone_config', 'clone_fn', 'clone_model',
            'describe', 'dst_shardings', 'factors_between', 'factors_for', 'grad_scale', 'grow_depth',
-           'grow_depth_config', 'grow_depth_model', 'grow_depth_opt_state', 'hash_noise',
+           'grow_depth_config', 'grow_depth_model', 'grow_depth_opt_state',
            'make_plan', 'nonstandard_reasons', 'plan_model',
            'resolve_factors', 'source_sizes', 'symmetry', 'symmetry_fn',
            'symmetry_summary', 'update_multipliers', 'widen_like_gradient',
-           'widen_opt_state', 'writes_residual']
+           'widen_opt_state']

@@ -37,12 +37,6 @@ LAYOUTS = ('interleave', 'stack')
 _NUMBERED = re.compile(r'^(.+)_(\d+)$')
 
 
-def writes_residual(s: spec_lib.ParamSpec, residual_axis: str = 'embed') -> bool:
-  """True for a block leaf whose output is added to the residual stream."""
-  out_axes = tuple(s.axes[i] for i in s.fan_out if s.axes[i] != 'layers')
-  return out_axes == (residual_axis,) and s.role not in ('norm', 'final_norm')
-
-
 def _order(num_layers: int, factor: int, layout: str) -> list[tuple[int, bool]]:
   """(source layer, is_new) for every destination layer."""
   if layout == 'interleave':
@@ -100,7 +94,7 @@ def grow_depth(params: Any, specs: Any, factor: int, layout: str = 'interleave',
   def fill(x, s, is_new: bool):
     if not is_new:
       return x
-    if new_fill == 'zeros' or (zero_residual and writes_residual(s, residual_axis)):
+    if new_fill == 'zeros' or (zero_residual and s.writes_residual(residual_axis)):
       return jnp.zeros_like(x)
     return x
 
@@ -115,7 +109,7 @@ def grow_depth(params: Any, specs: Any, factor: int, layout: str = 'interleave',
       ax = s.axes.index('layers')
       order = _order(x.shape[ax], int(factor), layout)
       y = jnp.take(x, jnp.asarray([i for i, _ in order]), axis=ax)
-      if new_fill == 'zeros' or (zero_residual and writes_residual(s, residual_axis)):
+      if new_fill == 'zeros' or (zero_residual and s.writes_residual(residual_axis)):
         keep = np.array([not new for _, new in order], np.float32)
         shape = [1] * x.ndim
         shape[ax] = len(order)

@@ -8,7 +8,6 @@ axis sizes found in the annotated parameter tree and fills in `kv_heads`.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, Mapping
 
@@ -156,8 +155,3 @@ def factors_between(src_sizes: Mapping[str, int], dst_sizes: Mapping[str, int]) 
                        f'{s} (ratio {d / s:.4g}); {_NET2NET}')
     out[ax] = d // s
   return out
-
-
-def blocks(factors_per_axis: tuple[int, ...]) -> int:
-  """Number of blocks of a leaf: the product of its per-axis factors."""
-  return int(math.prod(factors_per_axis))

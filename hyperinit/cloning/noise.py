@@ -109,7 +109,7 @@ def base_seed(rng: Any) -> jax.Array:
 
 
 def zero_sum_noise(w: jax.Array, lp: Any, m: int, snr_db: float, noise_dist: str,
-                   seeds: jax.Array | None, bshape: list[int], cdt) -> jax.Array:
+                   seeds: jax.Array, bshape: list[int], cdt) -> jax.Array:
   """Noise in the expanded block layout whose blocks sum to zero over each row.
 
   The zero sum runs along the first widened fan-in axis j (so it also holds for
@@ -126,8 +126,6 @@ def zero_sum_noise(w: jax.Array, lp: Any, m: int, snr_db: float, noise_dist: str
   Returns:
     eta in the expanded layout `bshape`.
   """
-  if seeds is None:
-    raise ValueError(f'variant with noise needs an rng (leaf {lp.path!r})')
   keep = tuple(i for i, ax in enumerate(lp.spec.axes) if ax == 'layers')
   red = tuple(i for i in range(w.ndim) if i not in keep)
   power = jnp.mean(jnp.square(w), axis=red, keepdims=True) * (lp.scale / m) ** 2

@@ -60,7 +60,7 @@ def widen_like_gradient(tree: Any, plan: plan_lib.ClonePlan, power: int = 1) -> 
       continue
     s = grad_scale(lp) ** power
     tiled = dataclasses.replace(lp, scale=s * lp.n_in)   # build_leaf divides by N_in
-    out[lp.path] = widen.build_leaf_cached(flat[lp.src], tiled, 'symmetric')
+    out[lp.path] = widen.build_leaf(flat[lp.src], tiled, 'symmetric')
   return spec_lib.unflatten(out)
 
 

@@ -70,12 +70,39 @@ def _block_weights(lp: LeafPlan, diagonal: bool) -> tuple[np.ndarray, int]:
   return match / m, m
 
 
-def build_leaf(w: jax.Array, lp: LeafPlan, variant: str, snr_db: float,
+def needs_noise(lp: LeafPlan, variant: str) -> bool:
+  """Whether the leaf gets symmetry-breaking noise: a noisy variant and a widened fan-in."""
+  return variant.startswith('noisy') and lp.n_in > 1
+
+
+def noise_draws(lp: LeafPlan) -> int:
+  """Independent draws per row: n_j - 1 for the first widened fan-in axis j."""
+  return lp.factors[lp.widened_in[0]] - 1
+
+
+def build_leaf(w: jax.Array, lp: LeafPlan, variant: str, snr_db: float = 0.0,
                seeds: jax.Array | None = None, noise_dist: str = 'irwin_hall') -> jax.Array:
   """The destination leaf `lp.dst_shape` from the source leaf `lp.src_shape`.
 
-  `seeds`: uint32 [n_j - 1, 2] from `leaf_seeds`, used by the noisy variants only.
+  One compiled program per (shape, factors, scale, variant): the plan enters jit as a
+  static argument without its path, so the layers of a model, and repeated clones,
+  share compilations; under an outer jit (`clone_fn`) the call is inlined.
+
+  Args:
+    w: the source leaf, shape `lp.src_shape`.
+    lp: its `LeafPlan`.
+    variant, snr_db, noise_dist: see `plan.make_plan`.
+    seeds: uint32 [n_j - 1, 2] from `noise.leaf_seeds`; needed when `needs_noise`.
   """
+  if needs_noise(lp, variant) and seeds is None:
+    raise ValueError(f'variant {variant!r} needs noise seeds for leaf {lp.path!r} '
+                     f'(noise.leaf_seeds)')
+  return _build_leaf(w, seeds, dataclasses.replace(lp, path='', src=''), variant,
+                     float(snr_db), noise_dist)
+
+
+@functools.partial(jax.jit, static_argnames=('lp', 'variant', 'snr_db', 'noise_dist'))
+def _build_leaf(w, seeds, lp: LeafPlan, variant: str, snr_db: float, noise_dist: str):
   if lp.perm is not None:
     w = jnp.transpose(w, lp.perm)
   if lp.is_copy:
@@ -94,40 +121,16 @@ def build_leaf(w: jax.Array, lp: LeafPlan, variant: str, snr_db: float,
     y = jnp.broadcast_to(x, bshape) * jnp.asarray(weights.flat[0] * lp.scale, cdt)
   else:
     y = x * jnp.asarray(weights.reshape(mshape) * lp.scale, cdt)
-  if variant.startswith('noisy') and lp.n_in > 1:
+  if needs_noise(lp, variant):
     y = y + noise_lib.zero_sum_noise(w.astype(cdt), lp, m, snr_db, noise_dist, seeds, bshape, cdt)
   return y.astype(dtype).reshape(lp.dst_shape)
-
-
-def needs_noise(lp: LeafPlan, variant: str) -> bool:
-  return variant.startswith('noisy') and lp.n_in > 1
-
-
-def noise_draws(lp: LeafPlan) -> int:
-  """Independent draws per row: n_j - 1 for the first widened fan-in axis j."""
-  return lp.factors[lp.widened_in[0]] - 1
-
-
-@functools.lru_cache(maxsize=512)
-def _jitted_builder(lp: LeafPlan, variant: str, snr_db: float, noise_dist: str):
-  return jax.jit(lambda w, seeds: build_leaf(w, lp, variant, snr_db, seeds, noise_dist))
-
-
-def build_leaf_cached(w: Any, lp: LeafPlan, variant: str, snr_db: float = 0.0,
-                      seeds: jax.Array | None = None, noise_dist: str = 'irwin_hall') -> jax.Array:
-  """`build_leaf`, through a compiled builder cached by shapes (traced inputs: inline)."""
-  if isinstance(w, jax.core.Tracer) or isinstance(seeds, jax.core.Tracer):
-    return build_leaf(w, lp, variant, snr_db, seeds, noise_dist)
-  key = dataclasses.replace(lp, path='', src='')
-  return _jitted_builder(key, variant, snr_db, noise_dist)(w, seeds)
 
 
 def apply_plan(plan: ClonePlan, params: Any, rng: jax.Array | None = None) -> dict[str, Any]:
   """Builds the destination params (nested dict) from source params.
 
-  Jit-able (see `clone_fn`).  Called eagerly, each leaf runs through a
-  compiled builder cached by the leaf's shape and factors (not its path), so
-  the layers of a model, and repeated clones, share compilations.
+  Jit-able (see `clone_fn`).  Called eagerly, each leaf runs through one
+  compiled `build_leaf` per shape and factors (not per path).
   """
   flat = spec_lib.flatten(params)
   if plan.noisy and rng is None:
@@ -144,7 +147,7 @@ def apply_plan(plan: ClonePlan, params: Any, rng: jax.Array | None = None) -> di
     seeds = None
     if needs_noise(lp, plan.variant):
       seeds = noise_lib.leaf_seeds(base, lp.path, noise_draws(lp))
-    out[lp.path] = build_leaf_cached(w, lp, plan.variant, plan.snr_db, seeds, plan.noise_dist)
+    out[lp.path] = build_leaf(w, lp, plan.variant, plan.snr_db, seeds, plan.noise_dist)
   return spec_lib.unflatten(out)
 
 

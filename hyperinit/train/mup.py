@@ -234,12 +234,6 @@ def _attn_scale(cfg) -> float:
   return cfg.attn_mult / (math.sqrt(cfg.d_head) if cfg.attn_scale == 'sqrt' else cfg.d_head)
 
 
-def _writes_residual(s: spec_lib.ParamSpec) -> bool:
-  """A residual branch's last layer (kernel or bias): its only output axis is 'embed'."""
-  out = tuple(s.axes[i] for i in s.fan_out if s.axes[i] != 'layers')
-  return out == ('embed',) and s.role not in ('norm', 'final_norm')
-
-
 def fold_factors(mults: Multipliers, old_cfg, new_cfg, specs: Any = None) -> dict[str, float]:
   """path -> factor that makes params of `old_cfg` compute the same function under `new_cfg`.
 
@@ -278,7 +272,7 @@ def fold_factors(mults: Multipliers, old_cfg, new_cfg, specs: Any = None) -> dic
       f *= emb
     if s.role == 'query':
       f *= attn
-    if v.in_block and _writes_residual(s):
+    if v.in_block and s.writes_residual():
       f *= res
     if s.role == 'readout':
       f *= logits
