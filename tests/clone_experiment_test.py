@@ -147,3 +147,17 @@ def test_rerun_reuses_runs_and_a_broken_clone_stops_it(smoke, monkeypatch, capsy
   assert 'source: already trained' in capsys.readouterr().out
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f)['logits_checks'][0]['rel_error'] <= 1e-5   # the report was not touched
+
+
+def test_reading_notes_name_the_early_rise_and_the_symmetry_rise():
+  run = lambda name, evals, sym=(): {'name': name, 'evals': evals, 'symmetry': list(sym)}
+  res = {'runs': [run('source', [(0, 3.0), (400, 2.534)]),
+                  run('symmetric', [(0, 2.534), (100, 2.60), (200, 2.632), (400, 2.3), (800, 2.0)],
+                      [(0, 1.0), (200, 0.80), (800, 0.86)]),
+                  run('random', [(0, 5.5), (800, 2.15)], [(0, 0.0), (800, 0.01)])]}
+  notes = ' '.join(report.reading_notes(res))
+  assert "starts at the source's loss (2.534) and first rises, to 2.632 by step 200" in notes
+  assert 'goes from 1.000 down to 0.800 (step 200) and rises back to 0.860 by step 800' in notes
+  res['runs'][1]['evals'] = [(0, 2.534), (400, 2.3), (800, 2.0)]   # no rise: nothing claimed
+  res['runs'][1]['symmetry'] = [(0, 1.0), (800, 0.9)]
+  assert report.reading_notes(res) == []

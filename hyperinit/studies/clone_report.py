@@ -166,7 +166,8 @@ def plot_losses(results: dict[str, Any], path: str) -> None:
   for row_name in dict.fromkeys(r['name'] for r in results['rows']):
     ts = [r['t_clone'] for r in results['rows'] if r['name'] == row_name]
     if all(t is not None for t in ts):
-      b.axvline(float(np.mean(ts)), color=_color(row_name), ls=':', alpha=0.6)
+      b.axvline(float(np.mean(ts)), color=_color(row_name), ls=':', alpha=0.6,
+                label=f'{row_name}: t_clone (stays below L_R from here)')
   b.set_title(f'(b) destination {_arch(results["dst_cfg"])}: clone vs random init, same '
               'trainer config', fontsize=9)
   lows = [v for r in runs for _, v in r['evals']]
@@ -250,8 +251,34 @@ def _notes(r0: dict[str, Any]) -> list[str]:
                'whole run (the paper\'s horizon).')
   starts = [r for r in r0['rows'] if r['status'] == 'starts_below']
   if starts:
-    out.append(f'{len(starts)} clone run(s) never rose above L_R: their speedup is unbounded.')
+    out.append(f'{len(starts)} clone run{"" if len(starts) == 1 else "s"} never rose above L_R: '
+               'their speedup is unbounded.')
+  out += reading_notes(r0)
   return [' '.join(out), ''] if out else []
+
+
+def reading_notes(results: dict[str, Any]) -> list[str]:
+  """What the curves show, in words, from the seed-mean curves: a clone's early rise above its
+  step-0 loss and where it peaks, and how its symmetry moves (start, lowest, end)."""
+  out = []
+  for name in dict.fromkeys(r['name'] for r in results['runs']):
+    runs = [r for r in results['runs'] if r['name'] == name]
+    if name in ('source', 'random') or not runs[0]['evals']:
+      continue
+    st, m, _, _ = mean_curve([r['evals'] for r in runs])
+    k = int(np.argmax(np.where(st <= st[-1] / 2, m, -np.inf)))   # the peak in the first half
+    if m[k] > m[0] + 1e-3:
+      out.append(f'The {name} clone starts at the source\'s loss ({m[0]:.3f}) and first rises, to '
+                 f'{m[k]:.3f} by step {st[k]:.0f} (the early rise, in the first half of training), '
+                 'then falls.')
+    if runs[0]['symmetry']:
+      st, y, _, _ = mean_curve([r['symmetry'] for r in runs])
+      j = int(np.argmin(y))
+      if 0 < j < len(y) - 1 and y[-1] > y[j] + 1e-3:
+        out.append(f'Its symmetry goes from {y[0]:.3f} down to {y[j]:.3f} (step {st[j]:.0f}) and '
+                   f'rises back to {y[-1]:.3f} by step {st[-1]:.0f}: training pulls the copies '
+                   'together again.')
+  return out
 
 
 def render(results: dict[str, Any]) -> str:
@@ -282,7 +309,7 @@ def render(results: dict[str, Any]) -> str:
       f'{", ".join(r0["variants"])}, noise {cl.get("snr_db")} dB SNR; destination {_arch(dst)}, '
       f'{r0["dst_params"]:,} params. Logits check (fp32, validation tokens): '
       f'max |clone − source| '
-      f'/ max |source| ≤ {max(errs):.1e} over {len(errs)} clones.',
+      f'/ max |source| ≤ {max(errs):.1e} over {len(errs)} clone{"" if len(errs) == 1 else "s"}.',
       f'- **Random init**: the same destination architecture, the preset\'s initialiser '
       f'(`{dst["init"]}`, std {dst["init_std"]}).',
       f'- **Both destination runs**: {r0["target_steps"]} steps, batch {r0["batch_size"]} × '
