@@ -5,8 +5,12 @@ Orbax's commit makes a step directory whole or absent, but not *correct*: a flip
 in a params chunk (bad disk, bad copy) restores silently, with a kernel off by a little or
 by NaN.  `write(step_dir)` records every file's size and CRC32 in `checksums.json`;
 `verify(step_dir)` recomputes them and raises `ChecksumError` naming the first file
-that differs.  A step without `checksums.json` (written before this existed, or killed
-between the commit and the checksum) is reported as unverified, not as broken.
+that differs.  A step without `checksums.json` (written by a version before this existed)
+is reported as unverified, not as broken.
+
+The checkpointer writes them into an async step's temporary directory before orbax renames
+it, so orbax's own bookkeeping files at the top of the step (`ORBAX_BOOKKEEPING`: the commit
+timestamp, the commit marker), written after that, are not recorded; they hold no data.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from hyperinit import _io
 
 FILE = 'checksums.json'
+ORBAX_BOOKKEEPING = ('_CHECKPOINT_METADATA', 'commit_success.txt')
 _CHUNK = 16 << 20
 
 
@@ -39,7 +44,7 @@ def _files(step_dir: str) -> list[str]:
   for root, _, files in os.walk(step_dir):
     for name in files:
       rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != FILE and not name.startswith('.'):
+      if rel != FILE and rel not in ORBAX_BOOKKEEPING and not name.startswith('.'):
         out.append(rel)
   return sorted(out)
 

@@ -24,15 +24,23 @@ directories are built beside their destination and renamed into place.
 Restoring takes target shardings, so a checkpoint written on one mesh / device
 count / process count restores onto any other.
 
-Modules: `run` (the `Checkpointer` of training runs, integrity checks, broken-step
-handling) and `params` (params directories and every reader of params).
+A step holds any pytree: `Checkpointer.save(step, state)` writes a TrainState as the items
+above, a dict `{name: pytree}` as one item per entry (e.g. `{'state': ..., 'ema': ...}`),
+and any other pytree as the item 'state'; `restore(target)` gives back `target`'s type.
+
+Modules: `run` (the `Checkpointer`: save, restore, checksums), `resume` (its resume policy:
+the newest good step, falling back to older ones, setting broken steps aside), `lock` (one
+run per workdir) and `params` (params directories and every reader of params).
 """
 
 from hyperinit.checkpoint.params import (is_hf_dir, load_params, read_meta, read_model_config,
                                          restore_params, save_model, save_params)
-from hyperinit.checkpoint.run import (ITEMS, PARAMS_ITEMS, RUN_ITEMS, CheckpointError, Checkpointer,
-                                      resolve, run_meta)
+from hyperinit.checkpoint.lock import WorkdirBusyError, WorkdirLock
+from hyperinit.checkpoint.resume import CheckpointError, Restored
+from hyperinit.checkpoint.run import (ITEMS, PARAMS_ITEMS, RUN_ITEMS, Checkpointer, resolve,
+                                      run_meta, state_from_items, state_items)
 
-__all__ = ['ITEMS', 'PARAMS_ITEMS', 'RUN_ITEMS', 'CheckpointError', 'Checkpointer', 'is_hf_dir',
-           'load_params', 'read_meta', 'read_model_config', 'resolve', 'restore_params',
-           'run_meta', 'save_model', 'save_params']
+__all__ = ['ITEMS', 'PARAMS_ITEMS', 'RUN_ITEMS', 'CheckpointError', 'Checkpointer', 'Restored',
+           'WorkdirBusyError', 'WorkdirLock', 'is_hf_dir', 'load_params', 'read_meta',
+           'read_model_config', 'resolve', 'restore_params', 'run_meta', 'save_model',
+           'save_params', 'state_from_items', 'state_items']

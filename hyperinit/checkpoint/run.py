@@ -1,5 +1,5 @@
-"""Run checkpoints: the `Checkpointer` (orbax `CheckpointManager` of TrainStates, the data
-iterator and metadata), per-file checksums, and setting broken steps aside.
+"""Run checkpoints: the `Checkpointer` (an orbax `CheckpointManager` of any pytree, the data
+iterator and metadata), per-file checksums, setting broken steps aside, and the resume policy.
 
 See the package docstring (`hyperinit.checkpoint`) for the layout.
 """
@@ -9,31 +9,29 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
-import time
-from typing import Any
+from typing import Any, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from hyperinit import _checksums, models
 from hyperinit import spec as spec_lib
+from hyperinit.checkpoint import resume
+from hyperinit.checkpoint.resume import CheckpointError, Restored  # pylint: disable=unused-import
 
-ITEMS = ('params', 'opt_state', 'train', 'data', 'meta')
+ITEMS = ('params', 'opt_state', 'train', 'data', 'meta')   # a training run's step directory
 RUN_ITEMS = ('params', 'opt_state', 'train', 'meta')   # what a training run restores
 PARAMS_ITEMS = ('params', 'meta')                      # what every params reader needs
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing, incomplete, corrupt, or does not fit the run."""
+RESERVED = ('data', 'meta')                            # item names the Checkpointer writes itself
+STATE_ITEM = 'state'                                   # the item of a pytree that is not a Mapping
 
 
 def _short(e: BaseException) -> str:
   """First line of an exception, without TensorStore's multi-kilobyte spec dump."""
-  text = str(e).strip().split('\n')[0].split(' See full TensorStore details')[0]
+  text = str(e).strip().split('\\n')[0].split(' See full TensorStore details')[0]
   return f'{type(e).__name__}: {text[:400]}'
 
 
@@ -53,8 +51,45 @@ def resolve(path: str | os.PathLike) -> tuple[epath.Path, int | None]:
   return p, None
 
 
-class Checkpointer:
-  """A `CheckpointManager` for `TrainState`s plus the data iterator and metadata.
+def _is_train_state(state: Any) -> bool:
+  return (not isinstance(state, Mapping) and hasattr(state, 'replace')
+          and all(hasattr(state, f) for f in ('params', 'opt_state', 'step', 'rng')))
+
+
+def state_items(state: Any) -> dict[str, Any]:
+  """The orbax items `state` is saved as (each its own sub-directory of the step).
+
+  A Mapping `{name: pytree}` saves each entry as its own item (e.g.
+  `{'state': ..., 'ema': ...}`); a TrainState (anything with `.params`,
+  `.opt_state`, `.step`, `.rng` and `.replace`) as `params`, `opt_state` and
+  `train` {'step', 'rng'}, the layout every params reader knows; any other pytree
+  as the one item 'state'.
+  """
+  if _is_train_state(state):
+    return {'params': state.params, 'opt_state': state.opt_state,
+            'train': {'step': state.step, 'rng': state.rng}}
+  if not isinstance(state, Mapping):
+    return {STATE_ITEM: state}
+  bad = [k for k in state if not isinstance(k, str) or not k.isidentifier() or k in RESERVED]
+  if bad or not state:
+    raise ValueError(f'checkpoint items {bad or "{}"}: item names must be identifiers other than '
+                     f'{RESERVED} (the Checkpointer writes those itself), at least one')
+  return dict(state)
+
+
+def state_from_items(target: Any, items: Mapping[str, Any]) -> Any:
+  """The inverse of `state_items`: restored items as `target`'s type."""
+  if _is_train_state(target):
+    return target.replace(params=items['params'], opt_state=items['opt_state'],
+                          step=items['train']['step'], rng=items['train']['rng'])
+  if not isinstance(target, Mapping):
+    return items[STATE_ITEM]
+  return type(target)(**items) if type(target) is not dict else dict(items)
+
+
+class Checkpointer(resume.ResumePolicy):
+  """A `CheckpointManager` for any pytree (e.g. a TrainState, `{'state': s, 'ema': e}`),
+  the data iterator's position and JSON metadata; every committed step carries checksums.
 
   Args:
     directory: checkpoint root (created on first save unless read_only).
@@ -72,6 +107,7 @@ class Checkpointer:
     self.directory = epath.Path(directory if '://' in directory else os.path.abspath(directory))
     # per-file checksums need a local (POSIX) file system; object stores check their own
     self._local = '://' not in directory
+    self._async = bool(async_save) and not read_only
     self._unsummed: list[int] = []     # saved steps whose checksums are not written yet
     if read_only and not self.directory.exists():
       raise FileNotFoundError(f'checkpoint directory {self.directory} does not exist')
@@ -86,16 +122,15 @@ class Checkpointer:
       finally:
         logger.setLevel(level)
       return
-    else:
-      # Only the fixed interval: orbax's default also saves the first step of a
-      # fresh run and reacts to its own preemption notices; the trainer forces
-      # the final and the SIGTERM saves itself.
-      # (an async step's checksums are written once orbax has committed it)
-      options = ocp.CheckpointManagerOptions(
-          max_to_keep=int(keep), create=True, enable_async_checkpointing=bool(async_save),
-          save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(int(save_every)),
-          async_options=(ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
-                         if async_save else None))
+    # Only the fixed interval: orbax's default also saves the first step of a fresh run and
+    # reacts to its own preemption notices; the trainer forces the final and SIGTERM saves.
+    # An async step's checksums are written into its temporary directory after orbax has
+    # finalized the items and before it renames the directory: a committed step has them.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(keep), create=True, enable_async_checkpointing=self._async,
+        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(int(save_every)),
+        async_options=(ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
+                       if self._async else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   # --- queries ---------------------------------------------------------------
@@ -106,7 +141,11 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def _check_step(self, step: int | None, items: tuple[str, ...] = RUN_ITEMS) -> int:
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is on the save interval."""
+    return self.manager.should_save(step)
+
+  def _check_step(self, step: int | None, items: tuple[str, ...] = ('meta',)) -> int:
     steps = self.all_steps()
     if step is None:
       if not steps:
@@ -121,6 +160,11 @@ class Checkpointer:
       raise CheckpointError(f'checkpoint {step_dir} is incomplete: items {missing} are missing')
     return step
 
+  def items(self, step: int) -> list[str]:
+    """The state items saved at `step` (without 'data' and 'meta')."""
+    step_dir = self.directory / str(step)
+    return sorted(p.name for p in step_dir.iterdir() if p.is_dir() and p.name not in RESERVED)
+
   def meta(self, step: int | None = None) -> dict[str, Any]:
     """The JSON metadata of a step (default: the latest)."""
     step = self._check_step(step, ('meta',))
@@ -134,133 +178,30 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iter: Any = None, meta: dict[str, Any] | None = None,
            force: bool = False) -> bool:
-    """Saves `state` (a TrainState) at `step` if due (or `force`); returns whether it did."""
-    items = dict(params=ocp.args.StandardSave(state.params),
-                 opt_state=ocp.args.StandardSave(state.opt_state),
-                 train=ocp.args.StandardSave({'step': state.step, 'rng': state.rng}),
-                 meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
+    """Saves `state` (any pytree of arrays; see `state_items`) at `step` if due (or `force`).
+
+    `data_iter` (a grain iterator) saves its position; `meta` is JSON saved
+    with the step.  Returns whether it saved.
+    """
+    items = {k: ocp.args.StandardSave(v) for k, v in state_items(state).items()}
+    items['meta'] = ocp.args.JsonSave(dict(meta or {}, step=int(step)))
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iter)
     saved = self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
     if saved:
       self._unsummed.append(int(step))
-      if not self.manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+      if not self._async:
         self._write_checksums()
     return saved
 
-  # --- integrity -------------------------------------------------------------
-
-  def _write_checksums(self) -> None:
-    """Records the checksums of the committed steps saved since the last call (process 0)."""
-    pending, self._unsummed = self._unsummed, []
-    if not self._local or jax.process_index() != 0:
-      return
-    for step in pending:
-      step_dir = os.fspath(self.directory / str(step))
-      if not os.path.isdir(step_dir):   # not committed yet (a later async save): next time
-        self._unsummed.append(step)
-      elif not _checksums.has(step_dir):
-        _checksums.write(step_dir)
-
-  def verify(self, step: int, items: tuple[str, ...] | None = None) -> bool:
-    """Checks step `step`'s files against the checksums written when it was saved.
-
-    Returns False for a step without checksums (saved before they existed, or
-    killed between orbax's commit and the checksum).  Raises CheckpointError
-    naming the corrupt file.
-    """
-    if not self._local:
-      return False
-    try:
-      return _checksums.verify(os.fspath(self.directory / str(step)), items)
-    except _checksums.ChecksumError as e:
-      raise CheckpointError(f'checkpoint step {step} is corrupt: {e}') from e
-
-  def set_aside(self, steps: list[int] | int, why: str) -> list[str]:
-    """Moves step directories out of the checkpoint root (never deletes them).
-
-    They go to `<root>.set_aside/<step>-<why>-<time>`, where neither orbax nor
-    a resume sees them; returns the new paths.  Process 0 moves, every process
-    waits for it.
-    """
-    steps = [steps] if isinstance(steps, int) else list(steps)
-    dest_root = epath.Path(os.fspath(self.directory) + '.set_aside')
-    stamp = time.strftime('%Y%m%dT%H%M%S')
-    out = []
-    for s in steps:
-      name, n = f'{s}-{why}-{stamp}', 1
-      while (dest_root / name).exists():
-        n += 1
-        name = f'{s}-{why}-{stamp}-{n}'
-      out.append(os.fspath(dest_root / name))
-    if jax.process_index() == 0:
-      dest_root.mkdir(parents=True, exist_ok=True)
-      for s, dst in zip(steps, out):
-        os.replace(os.fspath(self.directory / str(s)), dst)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('hyperinit_checkpoint_set_aside')
-    self.manager.reload()
-    return out
-
-  def resume_step(self, restore_step: int | None = None) -> int | None:
-    """The step a run resumes from; None: no checkpoint (a fresh run).
-
-    restore_step None: the newest step whose checksums and metadata check out;
-    a newer step that does not is set aside ('broken') with a warning naming
-    the step and the reason, and the next older one is tried.
-    restore_step k: step k (CheckpointError if it is missing or corrupt:
-    the user chose it); once it has restored, `set_aside_later(k)`.
-    """
-    if restore_step is not None:
-      step = self._check_step(int(restore_step))
-      self.verify(step)
-      return step
-    for step in reversed(self.all_steps()):
-      try:
-        self._check_step(step)
-        self.verify(step)
-        self.meta(step)
-        return step
-      except CheckpointError as e:
-        self.skip_broken(step, e)
-    return None
-
-  def set_aside_later(self, step: int) -> list[str]:
-    """Sets the steps after `step` aside ('after-restore-<step>'), so that a run resumed from
-    an earlier step saves its own steps instead of colliding with them."""
-    later = [s for s in self.all_steps() if s > step]
-    if not later:
-      return []
-    moved = self.set_aside(later, f'after-restore-{step}')
-    logging.warning('checkpoint.restore_step=%d: the later steps %s were set aside (not '
-                    'deleted) so that this run can save its own: %s', step, later, moved)
-    return moved
-
-  def skip_broken(self, step: int, error: BaseException) -> str:
-    """Sets a step that failed to restore aside, with a warning; returns where it went."""
-    moved = self.set_aside(step, 'broken')[0]
-    logging.warning('checkpoint step %d cannot be restored (%s); set aside as %s; resuming '
-                    'from the next older step, if any', step, error, moved)
-    return moved
-
-  def _data_file(self, step: int) -> epath.Path:
-    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    return self.directory / str(step) / 'data' / name
-
-  def data_state_available(self, step: int, any_process_count: bool = False) -> bool:
-    """Whether the data iterator was saved for this process layout (or for any, with
-    `any_process_count`)."""
-    if any_process_count:
-      return bool(list((self.directory / str(step) / 'data').glob('process_0-of-*.json')))
-    return self._data_file(step).exists()
-
   def restore(self, target: Any, step: int | None = None, data_iter: Any = None, *,
               data_any_process_count: bool = False) -> tuple[Any, Any]:
-    """Restores a TrainState onto `target`'s shardings (and the data iterator in place).
+    """Restores `target`'s items (shardings from `target`) and the data iterator in place.
 
     Args:
-      target: a TrainState of `jax.ShapeDtypeStruct`s with shardings (see
-        `train.step.abstract_state`); any mesh, device or process count.
+      target: the state as `jax.ShapeDtypeStruct`s with shardings, of the type
+        saved (e.g. `train.step.abstract_state(...)` for a TrainState, or a dict
+        of items); any mesh, device or process count.
       step: which step (default: the latest).
       data_iter: a grain iterator whose position is set from the checkpoint
         (skipped when None).
@@ -270,17 +211,16 @@ class Checkpointer:
         used: process 0's.
 
     Returns:
-      (state, data_iter).
+      (state, data_iter): state of `target`'s type.
 
     Raises:
       CheckpointError: missing / incomplete / corrupt checkpoint, or one whose
         tree or shapes differ from `target` (nothing on disk is changed).
     """
-    step = self._check_step(step)
+    abstract = state_items(target)
+    step = self._check_step(step, tuple(abstract) + ('meta',))
     self.verify(step)
-    items = dict(params=ocp.args.StandardRestore(target.params),
-                 opt_state=ocp.args.StandardRestore(target.opt_state),
-                 train=ocp.args.StandardRestore({'step': target.step, 'rng': target.rng}))
+    items = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
     foreign_data = None
     if data_iter is not None:
       if self.data_state_available(step):
@@ -293,7 +233,8 @@ class Checkpointer:
             f'checkpoint {self.directory / str(step)} has no data-iterator state for process '
             f'{jax.process_index()} of {jax.process_count()} (saved with a different process '
             f'count?); set config.checkpoint.reset_data=True to continue with a fresh iterator')
-    self._check_shapes(step, target.params)
+    if 'params' in abstract:
+      self._check_shapes(step, abstract['params'])
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
       if foreign_data is not None:  # what grain's handler does, from another layout's file
@@ -304,30 +245,73 @@ class Checkpointer:
       raise CheckpointError(
           f'could not restore checkpoint {self.directory / str(step)}: {_short(e)}. '
           'Nothing on disk was changed') from e
-    state = target.replace(params=out.params, opt_state=out.opt_state, step=out.train['step'],
-                           rng=out.train['rng'])
-    return state, data_iter
+    return state_from_items(target, {k: out[k] for k in abstract}), data_iter
 
-  def _check_shapes(self, step: int, abstract_params: Any) -> None:
-    """Names the first param whose shape differs between the checkpoint and the run."""
+  def _check_shapes(self, step: int, abstract_params: Any, item: str = 'params') -> None:
+    """Names the first leaf of `item` whose shape differs between the checkpoint and the run."""
     try:
       handler = ocp.StandardCheckpointHandler()
-      saved = handler.metadata(self.directory / str(step) / 'params')
+      saved = handler.metadata(self.directory / str(step) / item)
       handler.close()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable params '
+      raise CheckpointError(f'checkpoint {self.directory / str(step)}: unreadable {item} '
                             f'metadata ({_short(e)}). Nothing on disk was changed') from e
     flat_saved = spec_lib.flatten(saved, is_leaf=lambda x: hasattr(x, 'shape'))
     flat_want = spec_lib.flatten(abstract_params)
     missing = sorted(set(flat_want) - set(flat_saved))
     extra = sorted(set(flat_saved) - set(flat_want))
     if missing or extra:
-      raise CheckpointError(f'checkpoint {self.directory / str(step)} params do not match the '
+      raise CheckpointError(f'checkpoint {self.directory / str(step)} {item} do not match the '
                             f'model: missing {missing[:5]}, unexpected {extra[:5]}')
     for k, want in flat_want.items():
       if tuple(flat_saved[k].shape) != tuple(want.shape):
         raise CheckpointError(f'checkpoint {self.directory / str(step)}: param {k!r} has shape '
                               f'{tuple(flat_saved[k].shape)}, the model expects {tuple(want.shape)}')
+
+  # --- integrity (the resume policy: `resume.ResumePolicy`) -------------------
+
+  def _write_checksums(self) -> None:
+    """Records the checksums of the steps saved since the last call (process 0).
+
+    Called by orbax after it has finalized an async step's items and before it
+    renames the temporary directory (so they are inside the committed step), and
+    after a synchronous save.
+    """
+    pending, self._unsummed = self._unsummed, []
+    if not self._local or jax.process_index() != 0:
+      return
+    for step in pending:
+      final = os.fspath(self.directory / str(step))
+      tmp = [os.fspath(p) for p in self.directory.glob(f'{step}.orbax-checkpoint-tmp*')]
+      step_dir = final if os.path.isdir(final) else (tmp[0] if len(tmp) == 1 else None)
+      if step_dir is None:    # not written yet (a later async save): next time
+        self._unsummed.append(step)
+      elif not _checksums.has(step_dir):
+        _checksums.write(step_dir)
+
+  def verify(self, step: int, items: tuple[str, ...] | None = None) -> bool:
+    """Checks step `step`'s files against the checksums written when it was saved.
+
+    Returns False for a step without checksums (saved by a version before they
+    existed, or on an object store).  Raises CheckpointError naming the corrupt file.
+    """
+    if not self._local:
+      return False
+    try:
+      return _checksums.verify(os.fspath(self.directory / str(step)), items)
+    except _checksums.ChecksumError as e:
+      raise CheckpointError(f'checkpoint step {step} is corrupt: {e}') from e
+
+  def _data_file(self, step: int) -> epath.Path:
+    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    return self.directory / str(step) / 'data' / name
+
+  def data_state_available(self, step: int, any_process_count: bool = False) -> bool:
+    """Whether the data iterator was saved for this process layout (or for any, with
+    `any_process_count`)."""
+    if any_process_count:
+      return bool(list((self.directory / str(step) / 'data').glob('process_0-of-*.json')))
+    return self._data_file(step).exists()
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed (and their checksums written)."""
@@ -335,8 +319,12 @@ class Checkpointer:
     self._write_checksums()
 
   def close(self) -> None:
+    """Waits for pending saves, then releases orbax's threads (a second call does nothing)."""
+    if getattr(self, '_closed', False):
+      return
     self.wait()
     self.manager.close()
+    self._closed = True
 
 
 def run_meta(model_cfg: models.ModelConfig, specs: Any, config: Any = None,

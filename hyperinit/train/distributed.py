@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
+from typing import Any
 
 import jax
 import numpy as np
@@ -47,64 +49,102 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
-def exit_during_startup(preempted_exit_code: int) -> None:
-  """Until the training loop takes over, SIGTERM exits with `preempted_exit_code`
-  (nothing new exists to save during restore or compile, and a job script that
-  requeues on that status requeues) and SIGINT exits 130, each saying so.
+# --- stop signals: SIGTERM / Ctrl-C set a flag, read at safe points ---------------------------
+#
+# A handler that raises (SystemExit) can fire anywhere: inside a gc callback of XLA (where
+# the exception is swallowed and the run trains on), or while a compile or an orbax thread
+# is half done (a segfault at exit).  So the handlers only set a flag; the trainer reads it
+# between start-up phases (`stop_requested`) and at every step boundary (`PreemptionWatcher`).
 
-  Call it first thing in a main; `PreemptionWatcher` replaces these handlers while
-  steps run (and puts them back after).
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP: dict[str, Any] = {'signal': None, 'previous': None}
+
+
+def _handle(signum, frame):
+  del frame
+  if signum == signal.SIGINT and _STOP['signal'] is not None:
+    raise KeyboardInterrupt('second Ctrl-C: stopping without saving')
+  _STOP['signal'] = signal.Signals(signum).name
+  logging.warning('received %s: will save a checkpoint (if there is anything new) and stop at the '
+                  'next safe point%s', _STOP['signal'],
+                  ' (Ctrl-C again to stop at once, without saving)' if signum == signal.SIGINT
+                  else '')
+
+
+def catch_stop_signals() -> bool:
+  """Makes SIGTERM and SIGINT set the stop flag (cleared now) for the rest of the process.
+
+  Call it first thing in a main, so a signal during start-up (restore, compile) is seen
+  too.  Returns False (and does nothing) outside the main thread.
   """
-  def handle(signum, frame):
-    del frame
-    code = preempted_exit_code if signum == signal.SIGTERM else 130
-    logging.warning('%s during start-up (before the first step): nothing new to save, the '
-                    'last checkpoint (if any) stays the resume point; exiting with status %d',
-                    signal.Signals(signum).name, code)
-    raise SystemExit(code)
-  if threading.current_thread() is threading.main_thread():
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, handle)
+  if threading.current_thread() is not threading.main_thread():
+    return False
+  previous = {sig: signal.signal(sig, _handle) for sig in _SIGNALS}
+  if _STOP['previous'] is None:
+    _STOP['previous'] = previous
+  _STOP['signal'] = None
+  return True
+
+
+def stop_requested() -> str | None:
+  """The name of the stop signal received ('SIGTERM', 'SIGINT'), or None."""
+  return _STOP['signal']
+
+
+class stop_signals:  # pylint: disable=invalid-name
+  """Context manager: the stop flag is caught inside the block.
+
+  If a main already called `catch_stop_signals`, it changes nothing (a signal that arrived
+  before the block still counts); otherwise it installs the handlers with a clear flag and
+  puts the previous handlers back (and clears the flag) on exit, so a library call
+  (notebook, test) leaves the process as it found it.
+  """
+
+  def __enter__(self) -> 'stop_signals':
+    self._owner = _STOP['previous'] is None and catch_stop_signals()
+    if not self._owner and threading.current_thread() is not threading.main_thread():
+      logging.warning('not in the main thread: SIGTERM will not trigger a checkpoint')
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._owner:
+      for sig, handler in _STOP['previous'].items():
+        signal.signal(sig, handler)
+      _STOP['previous'], _STOP['signal'] = None, None
+
+
+def exit_during_startup(preempted_exit_code: int) -> None:
+  """Deprecated: use `catch_stop_signals()` (a signal sets a flag; nothing exits from the
+  handler) and exit with the preempted status when the run returns preempted."""
+  del preempted_exit_code
+  warnings.warn('distributed.exit_during_startup is deprecated: call catch_stop_signals() and '
+                'exit with the preempted status yourself', DeprecationWarning, stacklevel=2)
+  catch_stop_signals()
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM into a flag that all processes agree on at a step boundary.
+  """The stop flag, agreed by all processes at a step boundary.
 
   Single process: `requested(step)` is the local flag (free).  Several
   processes: every `sync_every` steps the flags are all-gathered, so every
   process stops, saves and exits at the same step.
   """
 
-  def __init__(self, sync_every: int = 10, signals=(signal.SIGTERM, signal.SIGINT)):
+  def __init__(self, sync_every: int = 10):
     self.sync_every = max(1, int(sync_every))
-    self._flag = False
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for sig in signals:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    else:
-      logging.warning('not in the main thread: SIGTERM will not trigger a checkpoint')
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT and self._flag:
-      raise KeyboardInterrupt('second Ctrl-C: stopping without saving')
-    logging.warning('received %s: will save a checkpoint and stop at the next step%s',
-                    signal.Signals(signum).name,
-                    ' (Ctrl-C again to stop at once, without saving)'
-                    if signum == signal.SIGINT else '')
-    self._flag = True
+    self._signals = stop_signals().__enter__()
 
   def requested(self, step: int) -> bool:
+    flag = stop_requested() is not None
     if jax.process_count() == 1:
-      return self._flag
+      return flag
     if step % self.sync_every:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.array([self._flag], np.int32))
+    flags = multihost_utils.process_allgather(np.array([flag], np.int32))
     return bool(np.any(flags))
 
   def close(self) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
+    if self._signals is not None:
+      self._signals.__exit__(None, None, None)
+      self._signals = None

@@ -113,12 +113,17 @@ class NonFiniteGuard(Hook):
 
 
 class Log(Hook):
-  """Window means of the step metrics every `every` steps (and at the last / SIGTERM step).
+  """Window means of the step metrics every `every` steps (and at the run's last step).
 
   Each row goes to the log as the progress line ('step 100/1000 | loss 2.31 |
   5.2 steps/s | 42000 tokens/s | ETA 2:53', `metrics.Progress`) and to the
   writer as split 'train' with the means, 'learning_rate' (with `schedule`),
   'steps_per_sec' and '<unit>_per_sec'.
+
+  At a stop that is not a row step (SIGTERM, the end of a time slice) the open
+  window is either written as a row, or, when a `Checkpoint` hook carries it
+  (`Checkpoint(..., log=this)`), saved with the checkpoint and continued on resume
+  (`window=`), so a resumed run writes exactly the rows of an uninterrupted one.
 
   Args:
     every: log period in steps.
@@ -128,6 +133,8 @@ class Log(Hook):
     schedule: optional learning-rate schedule; the row's 'learning_rate' is
       `schedule(step - 1)` (the rate the step's update used).
     guard: a `NonFiniteGuard` checked before each row.
+    window: a `window_state()` saved with the checkpoint the run resumes from
+      (used when its step is the loop's start).
 
   Attributes:
     scalars: the last row written ({} before the first).
@@ -135,22 +142,37 @@ class Log(Hook):
 
   def __init__(self, every: int, line_keys: tuple[str, ...], units_per_step: int, unit: str,
                schedule: Callable[[int], Any] | None = None,
-               guard: NonFiniteGuard | None = None):
+               guard: NonFiniteGuard | None = None, window: Mapping[str, Any] | None = None):
     self.every, self.line_keys = int(every), tuple(line_keys)
     self.units_per_step, self.unit = units_per_step, unit
     self.schedule, self.guard = schedule, guard
     self.scalars: dict[str, float] = {}
+    self.carried = False      # set by a Checkpoint hook that saves the open window
+    self._saved = window
     self._window, self._n, self._progress = None, 0, None
 
   def begin(self, loop: Loop) -> None:
     self._progress = metrics_lib.Progress(loop.start, loop.total, self.units_per_step, self.unit)
+    self._window, self._n = None, 0
+    w = self._saved
+    if w and int(w['step']) == loop.start and int(w['n']) > 0:
+      self._window = {k: np.asarray(v, dtype) for k, (v, dtype) in w['sums'].items()}
+      self._n = int(w['n'])
+
+  def window_state(self, step: int) -> dict[str, Any]:
+    """The open window at `step` as JSON: {'step', 'n' (steps in it), 'sums' {name: [value,
+    dtype]}}; exact (a float32 sum is a float64 without rounding)."""
+    sums = {} if self._window is None else {
+        k: [float(v), np.asarray(v).dtype.name] for k, v in jax.device_get(self._window).items()}
+    return {'step': int(step), 'n': self._n, 'sums': sums}
 
   def after_step(self, loop: Loop, step: int, metrics: Mapping[str, Any]) -> None:
     # Summed on device: one transfer per row, not per step.
     self._window = metrics if self._window is None else jax.tree.map(jnp.add, self._window,
                                                                       metrics)
     self._n += 1
-    if not (step % self.every == 0 or loop.last or loop.preempted):
+    row_step = step % self.every == 0 or step == loop.total
+    if not (row_step or ((loop.last or loop.preempted) and not self.carried)):
       return
     if self.guard is not None:
       self.guard.check(step)
@@ -210,25 +232,32 @@ class Checkpoint(Hook):
     data_iter: the grain iterator the step function draws from (its position
       is saved, so a resume continues the same stream).
     meta: JSON metadata saved with every step.
-    to_saveable: state -> `TrainState` (default: the state is one), e.g. the
-      GHN meta-state's mapping.
+    to_saveable: state -> what is saved (any pytree, e.g. a dict of items;
+      default: the state itself).
     guard: a `NonFiniteGuard` checked before each save.
+    log: a `Log` hook whose open window is saved in the metadata ('log_window'),
+      so a resumed run continues it (see `Log`).
     stop_reason: first word of the warning logged after a SIGTERM save.
   """
 
   def __init__(self, ckpt: Any, data_iter: Any = None, meta: Mapping[str, Any] | None = None, *,
                to_saveable: Callable[[Any], Any] | None = None,
-               guard: NonFiniteGuard | None = None, stop_reason: str = 'preempted'):
-    self.ckpt, self.data_iter, self.meta = ckpt, data_iter, meta
+               guard: NonFiniteGuard | None = None, log: Log | None = None,
+               stop_reason: str = 'preempted'):
+    self.ckpt, self.data_iter, self.meta = ckpt, data_iter, dict(meta or {})
     self.to_saveable = to_saveable or (lambda s: s)
-    self.guard, self.stop_reason = guard, stop_reason
+    self.guard, self.log, self.stop_reason = guard, log, stop_reason
+    if log is not None:
+      log.carried = True
 
   def after_step(self, loop: Loop, step: int, metrics: Mapping[str, Any]) -> None:
     forced = loop.last or loop.preempted
-    if forced or self.ckpt.manager.should_save(step):
+    if forced or self.ckpt.should_save(step):
       if self.guard is not None:
         self.guard.check(step)
-      self.ckpt.save(step, self.to_saveable(loop.state), self.data_iter, self.meta, force=forced)
+      meta = self.meta if self.log is None else {**self.meta,
+                                                  'log_window': self.log.window_state(step)}
+      self.ckpt.save(step, self.to_saveable(loop.state), self.data_iter, meta, force=forced)
     if loop.preempted:
       logging.warning('%s: saved step %d to %s; rerun the same command to resume',
                       self.stop_reason, step, self.ckpt.directory)

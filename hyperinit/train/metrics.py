@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import jax
 from absl import logging
 
-from hyperinit import _io
+from hyperinit import _io, _logging
 
 
 class MetricsWriter:
@@ -133,22 +133,7 @@ def log(msg: str) -> None:
   logging.info(msg)
 
 
-class _DropLibraryInfo:
-  """A logging filter that drops INFO (and lower) records from chatty libraries."""
-
-  def __init__(self, packages=('orbax', 'grain', 'tensorflow_datasets')):
-    self._frags = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
-
-  def filter(self, record) -> bool:
-    import logging as py_logging  # pylint: disable=g-import-not-at-top
-    return record.levelno > py_logging.INFO or not any(f in record.pathname for f in self._frags)
-
-
-_FILTER = _DropLibraryInfo()
-
-
-def quiet_libraries() -> None:
-  """Hides orbax's, grain's and tfds' INFO lines (warnings and errors still show)."""
-  logger = logging.get_absl_logger()
-  if _FILTER not in logger.filters:
-    logger.addFilter(_FILTER)
+def quiet_libraries(verbose: bool = False) -> None:
+  """Hides orbax's, grain's and tfds' INFO lines (warnings and errors still show); see
+  `hyperinit._logging.quiet_libraries`."""
+  _logging.quiet_libraries(verbose=verbose)
