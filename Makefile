@@ -1,5 +1,7 @@
 # make demo : set up .venv and run the main job (HyperCloning demo on embedded data).
-# make test : set up .venv with the test extras (CPU torch + transformers) and run pytest.
+# make test : set up .venv with the test extras (CPU torch + transformers) and run pytest;
+#             the 10 slowest tests are listed at the end (setup.cfg addopts --durations=10),
+#             compiled programs are cached across tests and runs (tests/conftest.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

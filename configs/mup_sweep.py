@@ -92,7 +92,10 @@ def get_config(arg=None):
     m.num_heads = 2
     c.seeds, c.steps, c.chunk = 1, 4, 2
     c.optimizer.warmup_steps = 1
-    c.lr_offsets.mup, c.lr_offsets.sp = (-1.0, 0.0), (0.0,)
+    # two muP LRs where the search's smoke reads them back (width), one where only the
+    # CompleteP plumbing is checked (depth)
+    c.lr_offsets.mup = (0.0,) if mode == 'depth' else (-1.0, 0.0)
+    c.lr_offsets.sp = (0.0,)
     s.fields, s.max_moves, s.lr_offsets = ('output_mult', 'hidden_lr_mult'), 1, (0.0, 1.0)
     c.base_hps_file, c.results_file = '', ''
   return c

@@ -1,11 +1,8 @@
 """The clone-then-train pipeline (`make demo`, the experiment): speedup arithmetic, the smoke
 config end to end through experiments/demo.py, the symmetry claims, the logits guard."""
 
-import os
-
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-
 import json
+import os
 
 import numpy as np
 import pytest
