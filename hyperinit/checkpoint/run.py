@@ -31,7 +31,7 @@ STATE_ITEM = 'state'                                   # the item of a pytree th
 
 def _short(e: BaseException) -> str:
   """First line of an exception, without TensorStore's multi-kilobyte spec dump."""
-  text = str(e).strip().split('\\n')[0].split(' See full TensorStore details')[0]
+  text = str(e).strip().split('\n')[0].split(' See full TensorStore details')[0]
   return f'{type(e).__name__}: {text[:400]}'
 
 
