@@ -1,6 +1,6 @@
 """HyperCloning at the paper's horizon: random init trained long enough to pass the source.
 
-    python -m experiments.clone_experiment --workdir=workdir/clone_experiment  (the experiment)
+    python -m experiments.clone_horizon --workdir=workdir/clone_horizon  (the experiment)
     --config=configs/clone_horizon.py:smoke                                    seconds; the test
 
 Two sources per seed (2 x 32 'small', 2 x 64 'big', both trained `source_steps`), cloned into

@@ -1,36 +1,22 @@
-"""HyperCloning at the paper's horizon (random init trained until it passes the source).
+"""Deprecated name of `experiments/clone_horizon.py`, kept for one release.
 
-    python -m experiments.clone_experiment --workdir=workdir/clone_experiment
+    python -m experiments.clone_horizon --workdir=workdir/clone_horizon     (use this)
 
-Sources 2 x 32 and 2 x 64, clones x2 and x4, every variant, 3 seeds, plus the warm-up study
-(configs/clone_horizon.py); report.md, curves.png and results.json (committed as
-docs/results/clone_experiment.json) go to --workdir.  A rerun skips finished runs.
+It ran `studies.clone_horizon` under another study's name; it still runs it, with a
+DeprecationWarning.
 """
 
-import sys
+import warnings
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments import _errors
-from hyperinit.studies import clone_experiment, clone_horizon
+from experiments import _errors, clone_horizon
 
-_CONFIG = _errors.define_config_file('configs/clone_horizon.py', 'Horizon config[:preset].',
-                                     lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir/clone_experiment', 'Runs and report.')
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.INFO)
-  config = _CONFIG.value
-  with config.unlocked():
-    config.command = ' '.join(['python -m experiments.clone_experiment'] + sys.argv[1:])
-  with _errors.user_errors('clone_experiment', _WORKDIR.value):
-    try:
-      clone_horizon.run(config, _WORKDIR.value)
-    except clone_experiment.CloneCheckError as e:
-      sys.exit(f'FAILED: {e}')
+flags.adopt_module_key_flags(clone_horizon)   # --helpshort lists the horizon main's flags
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_errors.parse_flags)
+  warnings.warn('python -m experiments.clone_experiment is renamed experiments.clone_horizon '
+                '(it runs studies.clone_horizon); the old name goes away next release',
+                DeprecationWarning, stacklevel=1)
+  app.run(clone_horizon.main, flags_parser=_errors.parse_flags)

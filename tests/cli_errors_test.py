@@ -98,9 +98,9 @@ def _main(module, *args):
 @pytest.mark.parametrize('module, args, match', [
     ('experiments.demo', ('--config=configs/clone.py:nope',), "unknown clone config 'nope'"),
     ('experiments.demo', ('--config.clone.factr=2',), "a --config override failed .*'factr'"),
-    ('experiments.clone_experiment', ('--config.arms.f2.target=optimizer.warmup=0',),
-     "clone_experiment: error: .*no field 'warmup'"),
-    ('experiments.clone_experiment', ('--config=configs/clone_horizon.py:big',),
+    ('experiments.clone_horizon', ('--config.arms.f2.target=optimizer.warmup=0',),
+     "clone_horizon: error: .*no field 'warmup'"),
+    ('experiments.clone_horizon', ('--config=configs/clone_horizon.py:big',),
      "unknown clone_horizon config 'big'"),
     ('experiments.mup_sweep', ('--config=configs/mup_sweep.py:wide',),
      "unknown mup_sweep config 'wide'"),
@@ -119,7 +119,7 @@ def test_study_mains_give_one_line(tmp_path, module, args, match):
   assert not (tmp_path / 'w').exists()
 
 
-MAINS = ('train', 'demo', 'clone', 'clone_experiment', 'predict', 'train_ghn', 'ghn_experiment',
+MAINS = ('train', 'demo', 'clone', 'clone_horizon', 'predict', 'train_ghn', 'ghn_experiment',
          'mup_sweep', 'coord_check')
 
 
@@ -134,3 +134,12 @@ def test_helpshort_lists_every_flag_of_the_main_with_a_one_line_help(name):
   for line in flags_listed:
     name_part, _, help_part = line.partition(':')
     assert help_part.strip() and help_part.strip() != 'path to config file.', line
+
+
+def test_the_old_horizon_main_name_still_runs_with_a_deprecation_warning(tmp_path):
+  p = _main('experiments.clone_experiment', '--config=configs/clone_horizon.py:big',
+            f'--workdir={tmp_path / "w"}')
+  assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-2000:]
+  assert 'DeprecationWarning: python -m experiments.clone_experiment is renamed ' \
+         'experiments.clone_horizon' in p.stderr
+  assert "unknown clone_horizon config 'big'" in p.stderr

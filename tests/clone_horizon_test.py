@@ -1,13 +1,10 @@
-"""The horizon experiment (experiments/clone_experiment.py, configs/clone_horizon.py): arms,
+"""The horizon experiment (experiments/clone_horizon.py, configs/clone_horizon.py): arms,
 shared sources and baselines, overrides, the muP continuation, and the summary's numbers
 recomputed from the runs' metrics.jsonl."""
 
-import os
-
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-
 import copy
 import json
+import os
 
 import pytest
 
@@ -71,7 +68,7 @@ def test_stall(curve, want):
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-  """configs/clone_horizon.py:smoke through the driver experiments/clone_experiment.py calls
+  """configs/clone_horizon.py:smoke through the driver experiments/clone_horizon.py calls
   (the main itself is imported by no test: two mains' --config flags cannot share a process;
   tests/cli_errors_test.py runs it as a subprocess)."""
   workdir = str(tmp_path_factory.mktemp('horizon'))

@@ -3,7 +3,7 @@
     from configs import clone
     results = experiment.run(clone.get_config('demo'), 'workdir/demo')
 
-For every seed: train the source (a small model), clone it (`cli.clone_checkpoint`,
+For every seed: train the source (a small model), clone it (`clone_job.clone_checkpoint`,
 orbax output), check that the clone's logits equal the source's on a validation
 batch (fp32; a failure stops the run), train each clone variant and a randomly
 initialised model of the destination's architecture with the same trainer
@@ -33,7 +33,8 @@ from hyperinit.cloning import config as clone_config_lib
 from hyperinit.cloning import factors as factors_lib
 from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning.symmetry import symmetry_fn
-from hyperinit.studies import clone_cli as cli, clone_report as report
+from hyperinit.studies import clone_report as report
+from hyperinit.train import clone_job
 from hyperinit.train import loop, metrics as metrics_lib, tasks
 
 
@@ -178,7 +179,7 @@ def _symmetry(plan: plan_lib.ClonePlan) -> Callable[[Any], Any]:
 
 
 def train_source(config: Any, workdir: str, seed: int,
-                 stage: Callable[[str], None]) -> tuple[cli.Source, RunRecord]:
+                 stage: Callable[[str], None]) -> tuple[clone_job.Source, RunRecord]:
   """Trains (or reuses) the source model of `config.source` in `workdir`; returns it."""
   src_conf = _with(config.source, seed=seed)
   stage(f'train the source model (seed {seed})')
@@ -186,10 +187,10 @@ def train_source(config: Any, workdir: str, seed: int,
   steps = int(src_conf.num_train_steps)
   rec = _record('source', 'source', seed, '', 0.0, workdir, steps, wall)
   src_params, src_cfg = ckpt_lib.load_params(workdir)
-  return cli.Source(src_cfg, src_params, 'orbax', workdir, steps), rec
+  return clone_job.Source(src_cfg, src_params, 'orbax', workdir, steps), rec
 
 
-def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
+def train_clones(config: Any, src: clone_job.Source, workdir: str, seed: int,
                  stage: Callable[[str], None], random_dir: str | None = None,
                  train_random: bool = True, src_final: float | None = None) -> dict[str, Any]:
   """Clones `src` (`config.clone`), checks the logits, trains each clone run and random init.
@@ -217,11 +218,12 @@ def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
     if variant not in clones and not (resume and _latest(run_dir) is not None):
       stage(f'clone {config.clone.factor}x ({variant}, seed {seed}) and check the logits')
       t = time.perf_counter()
-      res = cli.clone_checkpoint(src, init_dir, clone_factors(config.clone), variant=variant,
-                                 snr_db=float(config.clone.snr_db), seed=seed, fmt='orbax',
-                                 overwrite=True, kv_rule=config.clone.kv_rule,
-                                 tie=config.clone.tie, check=False, with_opt_state=resume)
-      err = cli.logits_relative_error(src.cfg, src.params, res.dst_cfg, res.params, inputs)
+      res = clone_job.clone_checkpoint(src, init_dir, clone_factors(config.clone),
+                                       variant=variant, snr_db=float(config.clone.snr_db),
+                                       seed=seed, fmt='orbax', overwrite=True,
+                                       kv_rule=config.clone.kv_rule, tie=config.clone.tie,
+                                       check=False, with_opt_state=resume)
+      err = clone_job.logits_relative_error(src.cfg, src.params, res.dst_cfg, res.params, inputs)
       say(res.summary)
       say(f'logits on {inputs.shape[0]}x{inputs.shape[1]} validation tokens: max |clone - '
           f'source| / max |source| = {err:.2e} (tolerance {config.logits_rtol:g}) '
@@ -235,7 +237,7 @@ def train_clones(config: Any, src: cli.Source, workdir: str, seed: int,
       plan, dst_cfg = clone_config_lib.plan_model(src.cfg, clone_factors(config.clone), variant,
                                           float(config.clone.snr_db), kv_rule=config.clone.kv_rule,
                                           tie=config.clone.tie)
-      clones[variant] = cli.CloneResult(src, run_dir, 'orbax', dst_cfg, plan, None, None, '')
+      clones[variant] = clone_job.CloneResult(src, run_dir, 'orbax', dst_cfg, plan, None, None, '')
     res = clones[variant]
     plan_any, dst_any = res.plan, res.dst_cfg
     if resume:

@@ -1,7 +1,7 @@
 """Cloning checkpoints on disk: our trainer's orbax checkpoints and Hugging Face directories.
 
-    from hyperinit.studies import clone_cli
-    res = clone_cli.clone_checkpoint('runs/small', 'runs/big_init', cloning.factors_for(2))
+    from hyperinit.train import clone_job
+    res = clone_job.clone_checkpoint('runs/small', 'runs/big_init', cloning.factors_for(2))
     # train it: --config.model.name=init_from --config.init_from=runs/big_init
 
 `experiments/clone.py` is the command-line wrapper.  Layouts written (all in
@@ -20,7 +20,11 @@
             reason when the clone is not a standard member of its family.
 
 Every output is written into a temporary directory beside DST and renamed into
-place when complete.
+place when complete.  Before any work, DST is refused when it is, contains or lies
+inside the source (its run, the checkpoint root and step read; by real path), is a
+mount point or read-only, or is not empty without `overwrite`
+(`destinations.check_destination`); and the clone is sized from shapes and refused
+when it cannot fit in memory (`memory.clone_bytes`).
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ from absl import logging
 
 from hyperinit import _io, interop, models, sharding
 from hyperinit import checkpoint as ckpt_lib
+from hyperinit import spec as spec_lib
 from hyperinit.cloning import config as config_lib
 from hyperinit.cloning import factors as factors_lib
 from hyperinit.cloning import optim as optim_lib
 from hyperinit.cloning import plan as plan_lib
 from hyperinit.cloning import widen
-from hyperinit.train import optim, step as step_lib
+from hyperinit.train import destinations, memory, optim, step as step_lib
 
 FORMATS = ('orbax', 'hf')
 _HF_DTYPE_KEYS = ('dtype', 'torch_dtype')
@@ -83,6 +88,12 @@ class Source:
   path: str
   step: int | None = None
   dtype: str | None = None
+
+
+def source_config(path: str, step: int | None = None) -> models.ModelConfig:
+  """The model config of a source, read without loading its params (for `cli_factors`)."""
+  source_format(path)
+  return ckpt_lib.read_model_config(path, step)
 
 
 def load_source(path: str, step: int | None = None) -> Source:
@@ -214,28 +225,6 @@ def hf_refusal(dst_cfg: models.ModelConfig) -> str | None:
           'keeps a standard model.)')
 
 
-def check_destination(src: str, dst: str, overwrite: bool) -> None:
-  """Refuses a `dst` that would destroy `src` or, without `overwrite`, anything else.
-
-  Raises:
-    ValueError: `dst` is the source or a directory containing it (--overwrite would
-      delete the source).
-    FileExistsError: `dst` is not empty and `overwrite` is False.
-  """
-  s, d = os.path.realpath(src), os.path.realpath(dst)
-  if s == d or s.startswith(d.rstrip(os.sep) + os.sep):
-    raise ValueError(f'--dst {dst!r} is or contains the source {src!r}: writing there would '
-                     'delete the source; pick another --dst')
-  if os.path.isdir(dst) and os.listdir(dst):
-    entries = sorted(os.listdir(dst))
-    held = ', '.join(entries[:5]) + (', ...' if len(entries) > 5 else '')
-    if not overwrite:
-      raise FileExistsError(f'--dst {dst!r} exists and is not empty; pass --overwrite to '
-                            f'replace it (it holds {held})')
-    logging.warning('--overwrite: replacing %s (%d entries: %s) once the clone is written',
-                    dst, len(entries), held)
-
-
 # --- the whole thing -----------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -278,7 +267,8 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
                      fmt: str | None = None, overwrite: bool = False,
                      with_opt_state: bool = False, kv_rule: str = 'auto', tie: str = 'keep',
                      noise_dist: str = 'irwin_hall', step: int | None = None,
-                     dtype: str | None = None, check: bool = True) -> CloneResult:
+                     dtype: str | None = None, check: bool = True,
+                     max_bytes: int | None = None) -> CloneResult:
   """Clones a checkpoint directory into `dst`.
 
   Args:
@@ -296,25 +286,44 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
     step: which checkpoint step of an orbax source (default: the latest).
     dtype: stored dtype of an HF output (default: the source's).
     check: compare the clone's logits with the source's (fp32, random inputs).
+    max_bytes: refuse a clone whose estimated peak memory (`memory.clone_bytes`)
+      exceeds this; None: the host's available memory; 0: no check.
 
   Raises:
     ValueError naming the axis / leaf / option for bad factors, and for an HF
     output of a clone that no standard HF model can express (with the reason).
+    errors.UserInputError: `dst` overlaps the source or cannot be written.
+    errors.ResourceError: the clone would not fit in memory.
+    FileExistsError: `dst` is not empty and `overwrite` is False.
   """
   if fmt is not None and fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r}: expected one of {FORMATS}')
-  source = src if isinstance(src, Source) else load_source(src, step)
-  fmt = fmt or source.fmt
-  if with_opt_state and (source.fmt != 'orbax' or fmt != 'orbax'):
+  # Everything that can refuse the job is checked before the source's params are loaded.
+  if isinstance(src, Source):
+    path, src_fmt, src_cfg = src.path, src.fmt, src.cfg
+  else:
+    path, src_fmt, src_cfg = src, source_format(src), source_config(src, step)
+  destinations.check_destination(path, dst, overwrite)
+  fmt = fmt or src_fmt
+  if with_opt_state and (src_fmt != 'orbax' or fmt != 'orbax'):
     raise ValueError('--with_opt_state needs a checkpoint written by our trainer as --src and '
-                     f'--format=orbax (got a {source.fmt} source, {fmt} output): a Hugging Face '
+                     f'--format=orbax (got a {src_fmt} source, {fmt} output): a Hugging Face '
                      'directory holds no optimizer state')
-  dst_cfg = config_lib.clone_config(source.cfg, factors, kv_rule=kv_rule, tie=tie)
+  dst_cfg = config_lib.clone_config(src_cfg, factors, kv_rule=kv_rule, tie=tie)
   if fmt == 'hf':
     why = hf_refusal(dst_cfg)
     if why:
       raise ValueError(why)
-  check_destination(source.path, dst, overwrite)   # fail before the work
+  src_shapes, dst_shapes = models.param_shapes(src_cfg), models.param_shapes(dst_cfg)
+  n_src, n_dst = spec_lib.count(src_shapes), spec_lib.count(dst_shapes)
+  host, device = memory.clone_bytes(src_shapes, dst_shapes, with_opt_state)
+  memory.check_fits(host, f'cloning {n_src:,} -> {n_dst:,} params', max_bytes, device)
+  if isinstance(src, Source):
+    source = src
+  else:
+    t = time.perf_counter()
+    source = load_source(src, step)
+    logging.info('clone: loaded %s (%s, %.1f s)', src, source.fmt, time.perf_counter() - t)
   plan, dst_cfg = config_lib.plan_model(source.cfg, factors, variant, snr_db, kv_rule=kv_rule,
                                         tie=tie, noise_dist=noise_dist)
   t0 = time.perf_counter()
@@ -325,8 +334,7 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
     source.params = state.params
     progress('restored the source run\'s optimizer state')
   params = jax.block_until_ready(widen.clone_fn(plan)(source.params, jax.random.key(seed)))
-  progress(f'cloned {models.count_params(source.cfg):,} -> {models.count_params(dst_cfg):,} '
-           f'params ({_gb(params):.2f} GB)')
+  progress(f'cloned {n_src:,} -> {n_dst:,} params ({memory.tree_bytes(params) / memory.GB:.2f} GB)')
   err = logits_relative_error(source.cfg, source.params, dst_cfg, params) if check else None
   if check:
     progress(f'logits checked: {err:.2e} relative')
@@ -350,10 +358,6 @@ def clone_checkpoint(src: str | Source, dst: str, factors: Mapping[str, Any], *,
   progress(f'wrote {fmt} {dst}')
   summary = config_lib.describe(plan, source.cfg, dst_cfg)
   return CloneResult(source, dst, fmt, dst_cfg, plan, params, err, summary)
-
-
-def _gb(tree: Any) -> float:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 1e9
 
 
 def usage_hint(res: CloneResult) -> str:
