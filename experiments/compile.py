@@ -28,7 +28,8 @@ _CONFIG = _errors.define_config_file(None, 'Training config file[:variant] (as f
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:2x2, v5e:4x4, v5e:16x16, '
                                 'v5p:2x2x4, v6e:4x4.')
 _JOB = flags.DEFINE_enum('job', 'train', ['train', 'clone'], 'What to compile: the train '
-                         '(+ eval) step, or the sharded clone of config.clone.source.')
+                         '(+ eval) step, or the sharded clone of config.clone.source '
+                         '(configs/pods.py:clone-*).')
 _JSON = flags.DEFINE_string('json_out', None, 'Write the report (or the plan) here as JSON.')
 _PLAN = flags.DEFINE_bool('plan', False, 'Compile up to 8 layouts (mesh, remat, per-device '
                           'batch, grad_accum); list those that fit, best estimated MFU first.')
@@ -63,16 +64,18 @@ def main(argv):
         report = aot_jobs.compile_clone(_CONFIG.value, _TOPOLOGY.value)
     except aot.DoesNotFit as e:
       _write(dict(e.report, error=str(e)))
-      sys.exit(f'compile: does not fit: {e}')   # exit status 1 from sys.exit(str)
+      sys.stderr.write(f'compile: does not fit: {e}\n')
+      sys.exit(2)
     print(aot.summary(report))
     _write(report)
     if not report['fits']:
       big = ', '.join(f"{b['shape']} ({b['bytes'] / 2**30:.2f} GiB)"
                       for b in report['largest_buffers'][:3])
-      sys.exit(f"compile: does not fit: {report['per_device_gib']} GiB per device exceeds "
-               f"{1 - report['headroom']:.0%} of {report['hbm_bytes'] / 2**30:.0f} GiB HBM; "
-               f"biggest buffers: {big}; raise mesh.fsdp, set model.remat=full, lower the batch "
-               f"or raise grad_accum_steps")
+      sys.stderr.write(f"compile: does not fit: {report['per_device_gib']} GiB per device "
+                       f"exceeds {1 - report['headroom']:.0%} of "
+                       f"{report['hbm_bytes'] / 2**30:.0f} GiB HBM; biggest buffers: {big}; "
+                       f"{aot.advice(report['job'])}\n")
+      sys.exit(2)
     if report.get('no_full_gather') is False:
       sys.exit('compile: the clone materialises an array larger than any destination shard: '
                f"{report['largest_hlo_array']}")

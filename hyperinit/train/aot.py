@@ -14,12 +14,14 @@ raises `DoesNotFit` (one line naming the biggest buffers and what to change).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from hyperinit import errors, sharding
@@ -89,15 +91,23 @@ def memory(compiled: Any) -> dict[str, int]:
   return out
 
 
-def _oom_buffers(text: str) -> list[str]:
-  """The buffers an XLA 'out of memory' error lists, e.g. 'f32[4,1024,50257] (785.0M)'."""
-  found = re.findall(r'Size:\s*([0-9.]+[KMG]?)\s*\n\s*Operator:.*?\n\s*Shape:\s*(\S+)', text)
-  if found:
-    return [f'{shape} ({size})' for size, shape in found]
-  return [f'{s}' for s in re.findall(r'\b[a-z0-9]+\[[0-9,]+\]', text)[:5]]
+def argument_buffers(args: Any, top: int = 5) -> list[dict[str, Any]]:
+  """The `top` biggest per-device argument shards of abstract `args` (sharded SDS trees)."""
+  out = []
+  for path, x in jax.tree_util.tree_flatten_with_path(args)[0]:
+    if not hasattr(x, 'shape') or getattr(x, 'sharding', None) is None:
+      continue
+    shard = x.sharding.shard_shape(x.shape)
+    n = int(math.prod(shard)) * jnp.dtype(x.dtype).itemsize
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', ''))) for k in path
+                    if not isinstance(k, jax.tree_util.SequenceKey))
+    out.append(dict(name=name, shape=f'{jnp.dtype(x.dtype).name}{list(x.shape)}',
+                    shard=list(shard), bytes=n))
+  return sorted(out, key=lambda b: -b['bytes'])[:top]
 
 
-def _advice(job: str) -> str:
+def advice(job: str) -> str:
+  """What to change when `job` does not fit."""
   if job == 'train':
     return ('raise mesh.fsdp (shards params and optimizer state), set model.remat=full, '
             'lower the per-device batch or raise grad_accum_steps, or use a bigger slice')
@@ -105,8 +115,11 @@ def _advice(job: str) -> str:
 
 
 def compile_fn(fn: Callable[..., Any], args: tuple, *, job: str, chip_kind: str,
-               num_devices: int, context: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+               num_devices: int, context: Callable[[], Any],
+               detail: str = '') -> tuple[Any, dict[str, Any]]:
   """Lowers and compiles `fn(*args)`; returns (compiled, memory / fit / HLO facts).
+
+  `detail` (e.g. the per-device batch) goes into the does-not-fit line.
 
   Raises:
     DoesNotFit: the compiler ran out of HBM (message: one line, biggest buffers).
@@ -121,15 +134,19 @@ def compile_fn(fn: Callable[..., Any], args: tuple, *, job: str, chip_kind: str,
     text = str(e)
     if 'RESOURCE_EXHAUSTED' not in text and 'memory' not in text.lower():
       raise
-    need = re.search(r'[Uu]sed\s+([0-9.]+[KMG])\s+of\s+([0-9.]+[KMG])', text)
-    bufs = _oom_buffers(text)
+    need = re.search(r'required for (HLO \w+) \(([0-9.]+[KMGT]?)\) exceeds available HBM '
+                     r'\(([0-9.]+[KMGT]?)\)', text)
+    bufs = argument_buffers(args)
     report = dict(job=job, fits=False, compile_s=round(time.time() - t0, 1),
-                  hbm_bytes=c.hbm_bytes, largest_buffers=bufs[:5],
+                  hbm_bytes=c.hbm_bytes, largest_buffers=bufs,
+                  argument_bytes=sum(b['bytes'] for b in argument_buffers(args, top=10**9)),
                   compiler_error=text.strip().splitlines()[0][:300])
-    used = f' (needs {need.group(1)} of {need.group(2)} per chip)' if need else ''
-    raise DoesNotFit(f'{job} does not fit {chip_kind} HBM{used}; biggest buffers: '
-                     f'{", ".join(bufs[:3]) or "see compiler_error"}; {_advice(job)}',
-                     report) from None
+    used = (f' ({need.group(1)} need {need.group(2)} of {need.group(3)} per chip)'
+            if need else '')
+    named = ', '.join(f"{b['name']} {b['shape']} ({b['bytes'] / roofline.GiB:.2f} GiB/device)"
+                      for b in bufs[:3])
+    raise DoesNotFit(f'{job} does not fit {chip_kind} HBM{used}{detail}; biggest per-device '
+                     f'arguments: {named}; {advice(job)}', report) from None
   mem = memory(compiled)
   hlo = compiled.as_text()
   facts = dict(compile_s=round(time.time() - t0, 1), memory=mem, per_device_bytes=mem['total'],
@@ -194,7 +211,9 @@ def compile_train(config: Any, topology_name: str, *, eval_step: bool = True) ->
               mesh=dict(s.mesh.shape), params=spec_lib.count(s.shapes), plan=plan)
   try:
     _, facts = compile_fn(s.train_step.jitted, (state, batch), job='train', chip_kind=kind,
-                          num_devices=len(devices), context=ctx)
+                          num_devices=len(devices), context=ctx,
+                          detail=f" with per-device batch {plan['per_device_batch']} x {seq} "
+                                 f"tokens, remat={plan['remat']}, grad_accum={k}")
   except DoesNotFit as e:
     e.report.update(head)
     raise
