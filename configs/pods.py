@@ -54,7 +54,8 @@ PRESETS = {
     'clone-pythia': Preset('pythia-1.4b', 2048, 2e-4, clone_source=dict(name='pythia-410m'),
                            clone_factors=dict(embed=2, mlp=2, head_dim=2)),
     # OLMo-1B widened 2x in embed and heads (MLP kept): 16 x 4096, 32 heads, MLP 8192, untied
-    # (a tied embedding with OLMo's non-parametric final norm cannot stay tied): 2.9B params.
+    # (a tied embedding with OLMo's non-parametric final norm cannot stay tied): 3.10B params
+    # (2.9B had it stayed tied: the paper's OLMo-1B -> 2.9B).
     'clone-olmo': Preset('olmo-1b', 2048, 4e-4,
                          overrides=dict(embed_dim=4096, num_heads=32, tie_embeddings=False),
                          clone_source=dict(name='olmo-1b'), clone_factors=dict(embed=2, heads=2),
