@@ -164,6 +164,8 @@ def training(cfg: ml_collections.ConfigDict, *, steps: int, batch: int, lr: floa
   c.restore_step = P(int)         # resume from this step (None: the latest)
   c.reset_data = False            # allow resuming with a fresh data iterator (process count changed)
   c.preemption_sync_every = 10    # multi-process: agree on SIGTERM every N steps
+  c.allow_config_change = False   # resume although hyper-parameters differ from the checkpoint's
+  c.restart_if_all_corrupt = False  # every step broken: set them aside and start over (else stop)
 
 
 def mup() -> ml_collections.ConfigDict:
