@@ -18,16 +18,6 @@ FILES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 
 _BLOCK = re.compile(r'^```python[ \t]*\n(.*?)^```[ \t]*$', re.S | re.M)
 
 
-# Files whose blocks fail today, each with who owns the fix: strict xfail, so the test fails as
-# soon as one runs (then delete its line).  Not run where a failure comes only after minutes.
-KNOWN_FAILING: dict[str, tuple[str, bool]] = {
-    'README.md': ('H-front: the own-model block uses MyLinenModel and tokens without defining '
-                  'them; the LoGAH block predicts gpt2-large (774M params): use a tiny target', True),
-    'docs/training.md': ('H-run: the train.setup block is a fragment (config from the block '
-                         'before; numpy_batch, key, total_steps, specs undefined)', True),
-}
-
-
 def python_blocks(text: str) -> list[tuple[int, str]]:
   """(first line number, source) of each ```python block in a markdown text."""
   return [(text.count('\n', 0, m.start(1)) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
@@ -42,12 +32,7 @@ def _cases():
   for f in FILES:
     if not python_blocks(open(f).read()):
       continue
-    rel = os.path.relpath(f, ROOT)
-    marks = ()
-    if rel in KNOWN_FAILING:
-      reason, run = KNOWN_FAILING[rel]
-      marks = pytest.mark.xfail(strict=True, run=run, reason=reason)
-    yield pytest.param(f, id=rel, marks=marks)
+    yield pytest.param(f, id=os.path.relpath(f, ROOT))
 
 
 @pytest.mark.parametrize('path', list(_cases()))
