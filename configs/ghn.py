@@ -63,6 +63,8 @@ def _meta(**over) -> ml_collections.ConfigDict:
   m.ema = 0.999                 # EMA decay of the GHN params (0: off)
   m.ema_warmup = True           # decay min(ema, (1 + t) / (10 + t)): short runs are not stuck near init
   m.l2 = 3e-5                   # weight of the sum of per-leaf L2 norms of the predicted params
+  m.noise = 0.0                 # Gaussian noise on predicted weights (fraction of init std), fresh
+                                # each step: the GHN learns for a noisy start (noise.add_noise)
   # LoGAH: decode every target through a fresh random permutation of the first N of the K
   # channel rows (0: off), so that rows past the pool's widest dimension are trained too
   # (ghn.channel_permutation).  Off: with N = 128 or 512 both CPU GHNs stayed on their trivial
@@ -164,6 +166,14 @@ def _base(kind: str) -> ml_collections.ConfigDict:
     cfg.pool = _pool('gpt-cpu', scan_layers=True)
     cfg.data = _data('pydoc_text', batch_size=16, eval_batch_size=32, eval_batches=8)
     cfg.finetune = _finetune(cfg, 'lm', 'L6-D128-H4,L5-D112-H4', batch=16)
+  # Device mesh of meta-training (hyperinit.train.ghn_step): a meta-batch's targets split over
+  # 'data', each target's rows over 'fsdp', the GHN's params ZeRO-split over 'fsdp' by their
+  # specs; tensor must be 1.  Default one device; -1 on an axis takes the rest of the devices.
+  mesh = cfg.mesh = ml_collections.ConfigDict()
+  mesh.data = 1
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  mesh.rules = P(str)           # logical-axis rule overrides (sharding.parse_rules), e.g. 'embed:'
   c = cfg.checkpoint = ml_collections.ConfigDict()
   c.every = 250                 # save every N steps (and at the end and on SIGTERM)
   c.keep = 2                    # newest N checkpoints kept

@@ -143,13 +143,18 @@ def _ghn_shapes(cfg):
   return GHN_SHAPES[cfg]
 
 
+def _decode(cfg, params, target):
+  """The jittable prediction (predict is eager only)."""
+  return ghn_lib.decode_params(cfg, params, ghn_lib.target_codes(cfg, params, target), target)
+
+
 @pytest.mark.parametrize('name', models.preset_names())
 def test_every_preset_maps_every_leaf_once_and_predicts_its_tree(name):
   target = models.get_config(name)
   specs, shapes = models.param_specs(target), models.param_shapes(target)
   check_leaf_mapping(build_graph(target), specs, shapes)
   cfg = ghn_lib.GHNConfig()  # the 2.5M LoGAH: hidden 64, r 32, K 32768
-  out = jax.eval_shape(lambda p: ghn_lib.predict(cfg, p, target), _ghn_shapes(cfg))
+  out = jax.eval_shape(lambda p: _decode(cfg, p, target), _ghn_shapes(cfg))
   assert jax.tree.structure(out) == jax.tree.structure(shapes)
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(shapes)):
     assert (a.shape, a.dtype) == (b.shape, b.dtype)
@@ -161,7 +166,7 @@ def test_scanned_layouts(name):
   shapes = models.param_shapes(target)
   check_leaf_mapping(build_graph(target), models.param_specs(target), shapes)
   cfg = ghn_lib.GHNConfig(decoder='ghn3')
-  out = jax.eval_shape(lambda p: ghn_lib.predict(cfg, p, target), _ghn_shapes(cfg))
+  out = jax.eval_shape(lambda p: _decode(cfg, p, target), _ghn_shapes(cfg))
   assert jax.tree.map(lambda x: (x.shape, x.dtype), out) == \
       jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
 
@@ -201,14 +206,23 @@ def test_batches_in_one_bucket_have_one_shape_and_dense_view_is_exact():
 
 # --- GHN config and optimizer ---------------------------------------------------------
 
-def test_meta_optimizer_is_optax_clipped_adamw(small_params):
-  """The GHN's optimizer is the project's one make_optimizer; with no muP multipliers its
-  updates equal optax's clip + adamw bit for bit (3 steps, clipping active)."""
+def test_meta_optimizer_is_plain_optax_and_the_trainers_schedule(small_params):
+  """The GHN's optimizer is optax's clip + adamw (no muP), bit for bit over 3 clipped steps,
+  and its schedule is the trainer's (`train.optim.make_schedule`, lr 0 at update 0)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  mc = meta.MetaConfig(lr=1e-2, clip=0.5, warmup_steps=1, total_steps=10)
-  ours = meta._optimizer(mc)  # pylint: disable=protected-access
+  from hyperinit.train import optim  # pylint: disable=g-import-not-at-top
+  mc = meta.MetaConfig(lr=1e-2, clip=0.5, warmup_steps=2, total_steps=10, end_lr_frac=0.1)
+  trainer = optim.make_schedule(ml_collections.ConfigDict(dict(
+      schedule='cosine', learning_rate=mc.lr, warmup_steps=mc.warmup_steps, min_lr_ratio=0.1)),
+      mc.total_steps)
+  sched = meta.make_schedule(mc)
+  np.testing.assert_array_equal([sched(i) for i in range(12)], [trainer(i) for i in range(12)])
+  assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(mc.lr)
+  ours = meta.make_optimizer(mc)
   ref = optax.chain(optax.clip_by_global_norm(mc.clip),
-                    optax.adamw(meta.make_schedule(mc), weight_decay=mc.weight_decay))
+                    optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10, 1e-3),
+                                weight_decay=mc.weight_decay))
   p_a = p_b = small_params
   s_a, s_b = ours.init(p_a), ref.init(p_b)
   for k in range(3):
@@ -217,6 +231,18 @@ def test_meta_optimizer_is_optax_clipped_adamw(small_params):
     u_b, s_b = ref.update(g, s_b, p_b)
     jax.tree.map(np.testing.assert_array_equal, u_a, u_b)
     p_a, p_b = optax.apply_updates(p_a, u_a), optax.apply_updates(p_b, u_b)
+
+
+def test_predict_is_eager_and_decode_params_is_jittable(small_params):
+  """Two entry points, no sniffing: predict streams eagerly and refuses tracing; decode_params
+  (with target_codes) is the jittable one, with the same numbers."""
+  target = models.get_config('gpt2-tiny')
+  eager = ghn_lib.predict(SMALL, small_params, target)
+  jitted = jax.jit(lambda p: _decode(SMALL, p, target))(small_params)
+  for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(jax.errors.TracerArrayConversionError):
+    jax.jit(lambda p: ghn_lib.predict(SMALL, p, target))(small_params)
 
 
 def test_bad_ghn_configs_raise():
@@ -275,15 +301,18 @@ def test_meta_step_reaches_every_ghn_parameter_and_learns():
   before = jax.tree.map(np.array, state['params'])  # copies: the step donates its input
   graphs = meta.batch_for(targets)
   state, m0 = meta.meta_step(state, graphs, batch, ghn_cfg=SMALL, meta_cfg=mc, targets=targets)
+  # The trainer's schedule convention: update 0 has lr 0, so the first step moves nothing.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state['params']), before)
+  state, _ = meta.meta_step(state, graphs, batch, ghn_cfg=SMALL, meta_cfg=mc, targets=targets)
   after = spec.flatten(state['params'])
   frozen = [k for k, v in spec.flatten(before).items() if np.array_equal(v, after[k])]
   assert not frozen, f'no gradient reached {frozen}'
-  np.testing.assert_allclose(  # EMA after one step: 0.9 old + 0.1 new
+  np.testing.assert_allclose(  # EMA (at the initial params after update 0): 0.9 old + 0.1 new
       spec.flatten(state['ema'])['encoder/op_embed/embedding'],
       0.9 * spec.flatten(before)['encoder/op_embed/embedding']
       + 0.1 * after['encoder/op_embed/embedding'], rtol=1e-5, atol=1e-7)
-  assert int(state['step']) == 1 and np.isfinite(float(m0['loss']))
-  for _ in range(12):
+  assert int(state['step']) == 2 and np.isfinite(float(m0['loss']))
+  for _ in range(11):
     state, m = meta.meta_step(state, graphs, batch, ghn_cfg=SMALL, meta_cfg=mc, targets=targets)
   # It fits a fixed batch: the ViT's loss drops from ~ln 10 (measured: 2.30 -> 1.97).  The LM
   # barely moves: random tokens and 0.02-std weights keep its logits near uniform.

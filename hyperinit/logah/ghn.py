@@ -5,12 +5,15 @@
     params = predict(ghn_cfg, ghn_params, models.get_config('gpt2-large'))
     logits = models.build(cfg).apply({'params': params}, tokens)
 
-`predict` streams: the encoder runs once, then every leaf (or every scanned
-leaf, all layers at once) is decoded by its own jitted call and written into
-the output tree, so the peak memory is the target's bytes plus one leaf.
-Inside a jitted training step use `node_codes` + `decode_params` (grouped:
-leaves of one shape and kind decode in one batched call); both are pure and
-differentiable in the GHN params.
+Two entry points:
+  `predict` (eager, streaming): the encoder runs once, then every leaf (or every
+    scanned leaf, all layers at once) is decoded by its own jitted call and
+    written into the output tree, so the peak memory is the target's bytes plus
+    one leaf.  Not traceable (it reads the node codes on the host).
+  `decode_params` (jittable, differentiable in the GHN params): leaves of one
+    shape and kind decode in one batched call; inside jit / grad / eval_shape:
+
+    params = decode_params(cfg, ghn_params, target_codes(cfg, ghn_params, target), target)
 """
 
 from __future__ import annotations
@@ -144,6 +147,20 @@ def param_shapes(cfg: GHNConfig) -> dict:
 
 def count_params(cfg: GHNConfig) -> int:
   return spec_lib.count(param_shapes(cfg))
+
+
+def param_specs(cfg: GHNConfig) -> dict:
+  """ParamSpec tree of the GHN's params, for `sharding.tree_shardings`.
+
+  The GHN's leaves are small (the largest, LoGAH's r x K expansion, is 1M floats at the
+  reference's K), so the one split worth having is ZeRO's: each leaf's largest dimension is
+  named 'embed' (which the trainer's rules put on 'fsdp'; `mesh.rules='embed:'` replicates),
+  the others are unnamed.  No fan-in or role: nothing else reads a GHN's specs.
+  """
+  def leaf(x):
+    big = int(np.argmax(x.shape)) if x.shape else -1
+    return spec_lib.ParamSpec(tuple('embed' if i == big else None for i in range(len(x.shape))))
+  return jax.tree.map(leaf, param_shapes(cfg))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -327,29 +344,19 @@ _decode_leaf_jit = jax.jit(decode_leaf, static_argnums=(0, 3))
 
 
 def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig,
-                  grouped: bool = True, perm: jax.Array | None = None) -> dict:
-  """Node codes {name: [M, ...]} of the target's graph -> the target's params tree.
+                  perm: jax.Array | None = None) -> dict:
+  """Node codes {name: [M, ...]} of the target's graph -> the target's params tree (jittable).
 
-  grouped=True (for use inside jit / grad) decodes all leaves that share a
-  shape and kind (e.g. every layer's query kernel) in one batched call and
-  slices the result: far fewer ops to trace and compile inside a jitted
-  training step, at the price of one group's bytes held twice.
-  grouped=False (eager, concrete codes; what `predict` does) decodes leaf by
-  leaf, each with its own jitted call (streaming: peak memory = the output
-  tree + one leaf).
+  Leaves that share a shape and kind (e.g. every layer's query kernel) decode in one batched
+  call and are sliced apart: few ops to trace and compile inside a jitted training step, at
+  the price of one group's bytes held twice.  Pure and differentiable in `params`; the
+  eager, streaming equivalent is `predict`.
+  codes: `target_codes(cfg, params, target)`, or one graph's row of `node_codes`.
   perm: optional [K] channel permutation (`channel_permutation`; meta-training).
   """
   out: dict = {}
-  plans = leaf_plans(cfg, target)
-  if not grouped:
-    codes = jax.tree.map(np.asarray, codes)  # slice the (small) per-node codes on the host
-    for plan in plans:
-      idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
-      node = jax.tree.map(lambda c: c[idx], codes)
-      out[plan.path] = _decode_leaf_jit(cfg, params, node, plan.decode, perm)
-    return spec_lib.unflatten(out)
   groups: dict[LeafDecode, list[LeafPlan]] = {}
-  for plan in plans:
+  for plan in leaf_plans(cfg, target):
     groups.setdefault(plan.decode, []).append(plan)
   for d, members in groups.items():
     idx = np.concatenate([np.asarray(p.nodes) for p in members])
@@ -362,8 +369,19 @@ def decode_params(cfg: GHNConfig, params: dict, codes: dict, target: ModelConfig
   return spec_lib.unflatten(out)
 
 
+def target_codes(cfg: GHNConfig, params: dict, target: ModelConfig,
+                 graph: Graph | None = None) -> dict[str, jax.Array]:
+  """Per-node decoder codes {name: [M, ...]} of `target`'s graph (jittable)."""
+  graph = graph or build_graph(target)
+  return jax.tree.map(lambda c: c[0], node_codes(cfg, params, batching.batch_graphs([graph])))
+
+
 def predict(cfg: GHNConfig, params: dict, target: ModelConfig, graph: Graph | None = None) -> dict:
-  """GHN params -> params of `target` (exactly `models.param_shapes(target)`'s tree).
+  """GHN params -> params of `target` (exactly `models.param_shapes(target)`'s tree), eagerly.
+
+  Streams: the node codes come to the host once, then each leaf (a scanned leaf: all its
+  layers) is decoded by its own jitted call, so the peak memory is the output plus one leaf.
+  Not traceable: under jit / grad / eval_shape use `decode_params` with `target_codes`.
 
   Args:
     cfg: the GHN's config.
@@ -373,10 +391,10 @@ def predict(cfg: GHNConfig, params: dict, target: ModelConfig, graph: Graph | No
   Returns:
     a plain nested dict of arrays usable as `model.apply({'params': params}, x)`.
   """
-  graph = graph or build_graph(target)
-  codes = jax.tree.map(lambda c: c[0], node_codes(cfg, params, batching.batch_graphs([graph])))
-  try:
-    codes = jax.tree.map(np.asarray, codes)   # concrete: stream, leaf by leaf
-  except jax.errors.JAXTypeError:   # traced (predict under jit / grad / eval_shape): one program
-    return decode_params(cfg, params, codes, target, grouped=True)
-  return decode_params(cfg, params, codes, target, grouped=False)
+  codes = jax.tree.map(np.asarray, target_codes(cfg, params, target, graph))
+  out: dict = {}
+  for plan in leaf_plans(cfg, target):
+    idx = np.asarray(plan.nodes) if plan.scanned else plan.nodes[0]
+    node = jax.tree.map(lambda c, idx=idx: c[idx], codes)
+    out[plan.path] = _decode_leaf_jit(cfg, params, node, plan.decode, None)
+  return spec_lib.unflatten(out)

@@ -129,10 +129,14 @@ def targets(config: Any) -> dict[str, ModelConfig]:
 
 def data_loader(config: Any, split: str, *, train: bool, seed: int, batch_size: int,
                 num_epochs: int | None = None):
-  """A grain dataset of `config.data.dataset` (iter() is checkpointable)."""
+  """A grain dataset of `config.data.dataset` (iter() is checkpointable).
+
+  Every process reads the whole batch (shard 0 of 1): a GHN meta-step splits a batch over
+  the mesh itself (`train.ghn_step`), and it is small next to the GHN's work.
+  """
   d, info = config.data, dataset_info(config)
   common = dict(split=split, batch_size=int(batch_size), seed=int(seed),
-                data_dir=d.get('data_dir'), num_epochs=num_epochs)
+                data_dir=d.get('data_dir'), num_epochs=num_epochs, shard_index=0, shard_count=1)
   if info.kind == 'image':
     return data.image_loader(d.dataset, train=train, **common)
   return data.lm_loader(d.dataset, seq_len=int(d.seq_len), shuffle=train, **common)

@@ -88,8 +88,8 @@ def train_ghns(config: Any, task: str, pool_cfg: Any, workdir: str, timing: dict
     else:
       logging.info('meta-training %s GHN for %s in %s', decoder, task, run_dir)
       t0 = time.perf_counter()
+      # its per-group programs live on train_ghn's own jitted steps: freed when it returns
       result = train.train_ghn(run_config(pool_cfg, decoder, seed), run_dir)
-      train.release_programs()   # this GHN's per-group programs are not needed again
       if not result['done']:
         raise RuntimeError(f'GHN training in {run_dir} stopped at step {result["step"]} '
                            '(preempted); rerun to resume')
@@ -213,8 +213,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for mult in (float(m) for m in config.ghn_lr_mults):
           for seed in seeds:
             finetune(arm.init, best[task][tname] * mult, mult, noise, seed, arm)
-      finetuners.clear()
-      train.release_programs()     # the next target compiles its own
+      finetuners.clear()           # (and with them their compiled programs)
 
   summary = summarize(config, runs, names, best, spectra, meta_records, timing)
   _io.atomic_write(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=1))

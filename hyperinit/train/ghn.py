@@ -7,12 +7,13 @@
 
 Each step takes the next fixed group of the pool (a seeded permutation of the
 groups per epoch, so the order depends only on the seed and the step), the next
-data batch, and runs `meta.meta_step` (one compile per group).  Every
+data batch, and runs the meta-step of `ghn_step.make_meta_step` on `config.mesh`
+(targets of the group over 'data', rows over 'fsdp'; one compile per group).  Every
 `eval_every` steps the EMA GHN predicts the pool's and the held-out targets'
 params, which are evaluated on fixed batches of the eval split.
 
-Workdir: `checkpoints/<step>/` (GHN params, optimizer + EMA state, step, data
-iterator; orbax, atomic, keep-N), `metrics.jsonl` (one JSON row per log / eval),
+Workdir: `checkpoints/<step>/` (items params, opt_state, ema, train {step}, the data
+iterator and metadata; orbax, atomic, keep-N), `metrics.jsonl` (one JSON row per log / eval),
 and at the end `ghn/` (`saving.save_ghn`: what `experiments/predict.py
 --ghn_dir` reads).  SIGTERM saves a checkpoint at the next step and returns;
 rerunning the same command resumes, with the same result as an uninterrupted
@@ -21,63 +22,21 @@ run (the data iterator position is restored).
 
 from __future__ import annotations
 
-import collections
-import functools
 import json
+import math
 import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 from absl import logging
 
-from hyperinit import checkpoint as ckpt_lib
-from hyperinit.logah import ghn as ghn_lib, meta, saving, tasks
+from hyperinit import checkpoint as ckpt_lib, sharding
+from hyperinit.logah import ghn as ghn_lib, meta, meta_mesh, saving, tasks
 from hyperinit.models.config import ModelConfig
-from hyperinit.train import hooks, metrics as metrics_lib
-from hyperinit.train.loop import run_loop
-from hyperinit.train.step import TrainState
-
-
-# XLA options for `fast_compile`: far shorter CPU compiles of the many small per-group
-# programs (measured ~2.5x), at the price of slower steps; for smoke runs and tests.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-# Ahead-of-time compiled programs, least recently used last out.  Bounded: every executable
-# holds its buffers' layouts and code, and an experiment compiles one meta-step and one eval
-# program per group for each GHN it trains; 256 holds several GHNs' pools (16-32 groups each).
-COMPILED_CACHE_SIZE = 256
-_COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-
-
-def call_jitted(fn: Any, args: tuple, statics: dict[str, Any], fast: bool):
-  """fn(*args, **statics) for a jitted `fn`; with `fast`, compiled ahead of time with
-  FAST_COMPILE (cached per static arguments and input shapes, across runs of a process)."""
-  if not fast:
-    return fn(*args, **statics)
-  leaves, tree = jax.tree.flatten(args)
-  key = (fn, tuple(sorted(statics.items())), tree,
-         tuple((np.shape(x), str(x.dtype)) for x in leaves))
-  if key in _COMPILED:
-    _COMPILED.move_to_end(key)
-  else:
-    _COMPILED[key] = fn.lower(*args, **statics).compile(compiler_options=FAST_COMPILE)
-    while len(_COMPILED) > COMPILED_CACHE_SIZE:
-      _COMPILED.popitem(last=False)
-  return _COMPILED[key](*args)
-
-
-def release_programs() -> None:
-  """Drops every compiled program (this module's AOT cache and jax's own caches).
-
-  A long experiment compiles a meta-step and an eval program per pool group for each GHN and
-  fine-tuning programs per target; kept alive, their executable code exhausts the process's
-  memory mappings (LLVM: 'Cannot allocate memory', measured after two 16-group GHNs). Call it
-  between runs whose programs will not be needed again.
-  """
-  _COMPILED.clear()
-  jax.clear_caches()
+from hyperinit.train import ghn_step, hooks, metrics as metrics_lib
+from hyperinit.train.runner import run_loop
 
 
 def group_order(num_groups: int, seed: int, step: int) -> int:
@@ -87,31 +46,50 @@ def group_order(num_groups: int, seed: int, step: int) -> int:
   return int(perm[pos])
 
 
-@functools.partial(jax.jit, static_argnames=('ghn_cfg', 'targets'))
-def eval_group(params: dict, graphs: jraph.GraphsTuple, batch: dict[str, jax.Array], *,
-               ghn_cfg: ghn_lib.GHNConfig,
-               targets: tuple[ModelConfig, ...]) -> tuple[jax.Array, jax.Array]:
-  """(task loss [T], accuracy [T]) of each target with GHN-predicted params on `batch`."""
-  _, m = meta.meta_loss(params, graphs, batch, ghn_cfg=ghn_cfg, targets=targets, l2=0.0)
-  return m['task_losses'], m['accuracies']
+def make_mesh(config: Any) -> jax.sharding.Mesh:
+  """The meta-training mesh of `config.mesh` (data, fsdp; tensor 1).
+
+  Without a -1 axis the mesh takes the first data x fsdp devices (default 1: one device);
+  several processes need a mesh over every device.
+  """
+  m = config.get('mesh') or {}
+  shape = {k: int(m.get(k, 1)) for k in sharding.MESH_AXES}
+  devices = jax.devices()
+  if -1 not in shape.values():
+    n = math.prod(shape.values())
+    if jax.process_count() > 1 and n != len(devices):
+      raise ValueError(f'config.mesh {shape} covers {n} of {len(devices)} devices; a run over '
+                       f'{jax.process_count()} processes needs a mesh over all of them')
+    if n > len(devices):
+      raise ValueError(f'config.mesh {shape} needs {n} devices, have {len(devices)}')
+    devices = devices[:n]
+  mesh = sharding.make_mesh(shape, devices)
+  meta_mesh.check_mesh(mesh, int(config.data.batch_size))
+  return mesh
 
 
 def evaluate(ghn_cfg: ghn_lib.GHNConfig, params: dict,
              groups: list[tuple[ModelConfig, ...]], batches: list[dict[str, np.ndarray]],
-             named: dict[str, ModelConfig] | None = None,
-             fast_compile: bool = False) -> dict[str, float]:
+             named: dict[str, ModelConfig] | None = None, *,
+             eval_step: Callable[..., Any] | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """Mean loss / accuracy of the predicted params over `batches` (fixed eval batches).
 
+  eval_step: `ghn_step.make_eval_step(ghn_cfg, mesh)` (built once per run; default: one
+  device); mesh: its mesh.
   Returns {'pool_loss', 'pool_accuracy'} (mean over every architecture of
   `groups`, the evaluated pool groups) and, for each entry of `named`, '<name>/loss' and '<name>/accuracy'.
   """
+  if mesh is None:
+    mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
+  eval_step = eval_step or ghn_step.make_eval_step(ghn_cfg, mesh)
   out: dict[str, float] = {}
-  mb = [tasks.meta_batch(b) for b in batches]
+  rows, rep = ghn_step.row_sharding(mesh), sharding.replicated(mesh)
+  mb = [ghn_step.to_global(tasks.meta_batch(b), rows) for b in batches]
 
   def run(group):
-    graphs = meta.batch_for(group)
-    ls = [call_jitted(eval_group, (params, graphs, b), dict(ghn_cfg=ghn_cfg, targets=group),
-                      fast_compile) for b in mb]
+    graphs = ghn_step.to_global(meta.batch_for(group), rep)
+    ls = [eval_step(params, graphs, b, group) for b in mb]
     loss, acc = jax.device_get((jnp.mean(jnp.stack([l for l, _ in ls]), 0),
                                 jnp.mean(jnp.stack([a for _, a in ls]), 0)))
     return loss, acc
@@ -123,25 +101,6 @@ def evaluate(ghn_cfg: ghn_lib.GHNConfig, params: dict,
     loss, acc = run((target,))
     out[f'{name}/loss'], out[f'{name}/accuracy'] = float(loss[0]), float(acc[0])
   return out
-
-
-def to_train_state(state: dict[str, Any], rng: jax.Array) -> TrainState:
-  """The meta-state as the trainer's TrainState (what `checkpoint.Checkpointer` saves).
-
-  The EMA of the GHN params travels with the optimizer state:
-  opt_state = {'adamw': the optax state, 'ema': the EMA params}.
-  """
-  return TrainState(step=state['step'], params=state['params'],
-                    opt_state={'adamw': state['opt_state'], 'ema': state['ema']}, rng=rng)
-
-
-def from_train_state(ts: TrainState) -> dict[str, Any]:
-  return {'step': ts.step, 'params': ts.params, 'ema': ts.opt_state['ema'],
-          'opt_state': ts.opt_state['adamw']}
-
-
-def _abstract(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def _eval_params(config: Any, state: dict) -> dict:
@@ -179,6 +138,17 @@ def train_ghn(config: Any, workdir: str, *,
                ghn_cfg.decoder, ghn_lib.count_params(ghn_cfg), config.pool.name, len(pool),
                len(groups), int(config.pool.meta_batch), total)
 
+  mesh = make_mesh(config)
+  rules = sharding.make_rules((config.get('mesh') or {}).get('rules'))
+  opts = ghn_step.FAST_COMPILE if config.get('fast_compile', False) else None
+  meta_step = ghn_step.make_meta_step(ghn_cfg, meta_cfg, mesh, rules, compiler_options=opts)
+  eval_step = ghn_step.make_eval_step(ghn_cfg, mesh, rules, compiler_options=opts)
+  rows, rep = ghn_step.row_sharding(mesh), sharding.replicated(mesh)
+  logging.info('GHN meta-training on mesh %s: %d targets of a group per device along data, '
+               'each target\'s %d rows split %d ways', dict(mesh.shape),
+               math.ceil(int(config.pool.meta_batch) / mesh.shape['data']),
+               int(config.data.batch_size), mesh.shape['fsdp'])
+
   ck = config.checkpoint
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=int(ck.every),
                                keep=int(ck.keep), async_save=bool(ck.async_save))
@@ -187,26 +157,26 @@ def train_ghn(config: Any, workdir: str, *,
   data_iter = iter(loader)
   run_meta = {'ghn_config': json.loads(ghn_cfg.to_json()),
               'config': json.loads(config.to_json_best_effort())}
-  rng = jax.random.key_data(jax.random.key(seed))  # unused by the meta-step; the trainer's field
-  state = meta.init_state(ghn_cfg, meta_cfg, jax.random.key(seed))
   start = ckpt.latest_step()
   if start is not None:
-    ts, _ = ckpt.restore(_abstract(to_train_state(state, rng)), start, data_iter)
-    state = from_train_state(ts)
+    items, _ = ckpt.restore(
+        ghn_step.to_items(ghn_step.abstract_meta_state(ghn_cfg, meta_cfg, mesh, rules)), start,
+        data_iter)
+    state = ghn_step.from_items(items)
     logging.info('resumed from %s at step %d', ckpt.directory, start)
+  else:
+    state = ghn_step.init_meta_state(ghn_cfg, meta_cfg, jax.random.key(seed), mesh, rules)
   start = int(state['step'])
-  graphs = {}  # group index -> padded graph batch (numpy)
+  graphs = {}  # group index -> padded graph batch (replicated global arrays)
   noise_key = jax.random.fold_in(jax.random.key(seed), 1)
-  fast = bool(config.get('fast_compile', False))
 
   def step_fn(state, step):
     gi = group_order(len(groups), seed, step)
     if gi not in graphs:
-      graphs[gi] = meta.batch_for(groups[gi])
-    batch = tasks.meta_batch(next(data_iter))
+      graphs[gi] = ghn_step.to_global(meta.batch_for(groups[gi]), rep)
+    batch = ghn_step.to_global(tasks.meta_batch(next(data_iter)), rows)
     step_key = jax.random.fold_in(noise_key, step)   # noise / permutation draws: a function of the step
-    state, m = call_jitted(meta.meta_step, (state, graphs[gi], batch, step_key),
-                           dict(ghn_cfg=ghn_cfg, meta_cfg=meta_cfg, targets=groups[gi]), fast)
+    state, m = meta_step(state, graphs[gi], batch, step_key, groups[gi])
     m = {k: v for k, v in m.items() if k not in ('task_losses', 'accuracies')}
     if on_step is not None:
       on_step(step, m)  # before the SIGTERM check: a signal sent here stops at this step
@@ -221,7 +191,8 @@ def train_ghn(config: Any, workdir: str, *,
   def eval_fn(state):
     nonlocal eval_data
     eval_data = eval_data or tasks.eval_batches(config)
-    return evaluate(ghn_cfg, _eval_params(config, state), eval_groups, eval_data, held_out, fast)
+    return evaluate(ghn_cfg, _eval_params(config, state), eval_groups, eval_data, held_out,
+                    eval_step=eval_step, mesh=mesh)
 
   eval_every = int(config.eval_every)
   guard = hooks.NonFiniteGuard(
@@ -233,7 +204,7 @@ def train_ghn(config: Any, workdir: str, *,
                   guard=guard)
   # config.eval_every = 0 still evaluates once, at the end of the run.
   ev = hooks.Eval(eval_fn, eval_every, at_end=True, at_start=eval_every > 0)
-  save = hooks.Checkpoint(ckpt, data_iter, run_meta, to_saveable=lambda st: to_train_state(st, rng),
+  save = hooks.Checkpoint(ckpt, data_iter, run_meta, to_saveable=ghn_step.to_items,
                           stop_reason='SIGTERM')
   out = run_loop(state, step_fn, [guard, log, ev, save,
                                   *hooks.profile_hook(config.get('profile_steps'), workdir)],
@@ -243,7 +214,11 @@ def train_ghn(config: Any, workdir: str, *,
   done = step == total
   ghn_dir = os.path.join(workdir, 'ghn')
   if done and not os.path.isdir(ghn_dir):   # written atomically: whole or absent
-    saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
+    if jax.process_count() == 1:
+      saving.save_ghn(ghn_dir, ghn_cfg, _eval_params(config, state))
+    else:   # a params directory is written by one process; read the GHN from the checkpoint
+      logging.info('%d processes: no %s export; the GHN is the checkpoint of step %d in %s',
+                   jax.process_count(), ghn_dir, step, ckpt.directory)
   return {'step': step, 'preempted': out.preempted, 'done': done, 'train': log.scalars,
           'eval': ev.scalars, 'ghn_config': ghn_cfg, 'params': _eval_params(config, state),
           'state': state}
