@@ -30,6 +30,7 @@ class Preset:
   weight_decay: float = 0.1
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)   # config.model fields
   mesh: dict[str, int] = dataclasses.field(default_factory=dict)        # config.mesh fields
+  grad_accum: int = 1             # microbatches per update (the global batch is accumulated)
 
 
 PRESETS = {
@@ -40,11 +41,13 @@ PRESETS = {
     'small': Preset('gpt2', 'pydoc_text', seq_len=256, batch=64, steps=20_000, lr=1e-3,
                     warmup=500, overrides=dict(num_layers=6, embed_dim=256, num_heads=4,
                                                mlp_dim=1024, max_len=512)),
-    # GPT-2 124M / 355M (Radford et al. 2019), nanoGPT-like recipe: 0.5M tokens per step
+    # GPT-2 124M / 355M (Radford et al. 2019), nanoGPT-like recipe: 0.5M tokens per step,
+    # accumulated over 8 microbatches of 64 sequences (as nanoGPT accumulates), so one step
+    # fits a 4-chip slice (v5e:2x2, docs/pods.md); fewer microbatches on bigger slices.
     'gpt2': Preset('gpt2', 'lm1b', seq_len=1024, batch=512, steps=100_000, lr=6e-4,
-                   warmup=2000, mesh=dict(data=1, fsdp=-1)),
+                   warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=8),
     'gpt2-medium': Preset('gpt2-medium', 'lm1b', seq_len=1024, batch=512, steps=100_000,
-                          lr=3e-4, warmup=2000, mesh=dict(data=1, fsdp=-1)),
+                          lr=3e-4, warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=8),
 }
 
 
@@ -72,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.training(cfg, steps=p.steps, batch=p.batch, lr=p.lr, warmup=p.warmup,
                   weight_decay=p.weight_decay)
   cfg.mesh.update(p.mesh)
+  cfg.grad_accum_steps = p.grad_accum
+  if p.grad_accum > 1:
+    cfg.eval_batch_size = p.batch // p.grad_accum   # eval needs no whole-batch step either
 
   if args.local:
     tiny = size == 'tiny'
@@ -84,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.eval_batches = -1 if tiny else 2      # -1: the whole validation split
     cfg.checkpoint.every = 500 if tiny else 10
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = -1, 1, 1
+    cfg.grad_accum_steps, cfg.eval_batch_size = 1, None
     cfg.data.dataset = 'pydoc_text'
   common.apply_run_options(cfg, args, p.warmup)
   return cfg

@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.model.remat = 'full'
   cfg.data.seq_len = p.seq_len
   cfg.batch_size = 256
+  cfg.grad_accum_steps, cfg.eval_batch_size = 1, None   # the plan search picks microbatches
   cfg.optimizer.learning_rate = p.lr
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
   if p.clone_source:
