@@ -227,7 +227,11 @@ def compile_train(config: Any, topology_name: str, *, eval_step: bool = True) ->
   if report['flops_per_step']:
     report['roofline'] = _roofline(kind, report['flops_per_step'] / len(devices), facts)
   if eval_step:
-    _, ev = compile_fn(s.eval_step.jitted, (state.params, batch), job='eval', chip_kind=kind,
+    # the trainer evaluates in batches of eval_batch_size (train.build.evaluate), not batch_size
+    eb = int(cfg.get('eval_batch_size') or gb)
+    eval_batch = {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s.batch_shardings[key])
+                  for key, v in s.task.batch_shapes(eb).items()}
+    _, ev = compile_fn(s.eval_step.jitted, (state.params, eval_batch), job='eval', chip_kind=kind,
                        num_devices=len(devices), context=ctx)
     report['eval'] = dict(per_device_bytes=ev['per_device_bytes'], fits=ev['fits'],
                           compile_s=ev['compile_s'])
