@@ -42,12 +42,13 @@ PRESETS = {
                     warmup=500, overrides=dict(num_layers=6, embed_dim=256, num_heads=4,
                                                mlp_dim=1024, max_len=512)),
     # GPT-2 124M / 355M (Radford et al. 2019), nanoGPT-like recipe: 0.5M tokens per step,
-    # accumulated over 8 microbatches of 64 sequences (as nanoGPT accumulates), so one step
-    # fits a 4-chip slice (v5e:2x2, docs/pods.md); fewer microbatches on bigger slices.
+    # accumulated over 32 microbatches of 16 sequences (as nanoGPT accumulates), so one step
+    # fits a 4-chip slice (v5e:2x2: 8 microbatches of 64 need 18.2 GB per chip); fewer
+    # microbatches on bigger slices (--config.grad_accum_steps).
     'gpt2': Preset('gpt2', 'lm1b', seq_len=1024, batch=512, steps=100_000, lr=6e-4,
-                   warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=8),
+                   warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=32),
     'gpt2-medium': Preset('gpt2-medium', 'lm1b', seq_len=1024, batch=512, steps=100_000,
-                          lr=3e-4, warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=8),
+                          lr=3e-4, warmup=2000, mesh=dict(data=1, fsdp=-1), grad_accum=32),
 }
 
 
